@@ -1,0 +1,669 @@
+"""Data-efficiency law D_J(σ, N) (Eq. 7.1; method.md §3.5) and its fits.
+
+    D_J(σ, N) = D_min + (a_J / σ)**alpha_J + (b_J / N)**beta_J
+
+fitted per return threshold J on the data needed to reach J at the best batch size of every
+(env, σ, N). Variants (column ``variant`` of ``fits_data_efficiency.csv``):
+
+* ``per_env``: one fit per (agent, env, threshold).
+* ``shared``: alpha_J and beta_J shared by the envs of a suite, D_min, a_J, b_J per env, in one
+  joint optimisation; one output row per env (``scope`` = env, ``group`` = suite).
+* ``averaged``: each env's D_J divided by that env's median over the (σ, N) grid, averaged over
+  the suite's envs, multiplied by the median of the medians, and fitted as one env named after the
+  suite (``scope`` = suite). Envs are matched on (utd, width) when every row has a width, else on
+  (utd, critic_params); the averaged N is the geometric mean of the envs' N. Only grid points
+  where every env reached J are averaged.
+* ``loglinear``: the baseline ``log D = log_intercept + slope_utd log σ + slope_critic_params log N``.
+
+Which rows feed the fits (:func:`select_fit_points`): per (env, agent, σ, N) the crossing rows of
+the batch size closest in log to ``B_star`` of the best-batch-size table; without that table (or
+where B_star is NaN) the batch size with the smallest D at each threshold (``batch_choice``
+``"min_D"``). Data with one batch size (e.g. the published DMC ablation, B = 1024) use it.
+
+Bootstrap CIs: a ``D_boot`` column holding a length-K array per crossing row (see
+:func:`attach_bootstrap`), otherwise a parametric log-normal resample from ``D_std``
+(``D * exp(z * D_std / D)``), otherwise none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from valuescale.analysis.fitting import (
+    STATUS_FAILED,
+    FitDataError,
+    FitResult,
+    LogRescale,
+    ScaledProblem,
+    failed_result,
+    fit_loglinear,
+    fit_scaled,
+    predict_loglinear,
+    relative_error,
+    unscale_power_term,
+)
+from valuescale.tasks import task_spec
+
+DE_PARAMS = ("D_min", "a_J", "alpha_J", "b_J", "beta_J")
+LOGLINEAR_PARAMS = ("log_intercept", "slope_utd", "slope_critic_params")
+VARIANTS = ("per_env", "shared", "averaged", "loglinear")
+CONFIG_KEYS = ("env", "agent", "utd", "critic_params")
+DEFAULT_N_BOOT = 100
+
+
+def suite_of(env: str) -> str:
+    """Suite of ``env`` from the paper's task table, ``"other"`` if not listed."""
+    spec = task_spec(env)
+    return spec.suite if spec is not None else "other"
+
+
+# --------------------------------------------------------------------------------------------
+# The law
+# --------------------------------------------------------------------------------------------
+
+
+def predict_D(
+    params: Mapping[str, float], utd: np.ndarray | float, critic_params: np.ndarray | float
+) -> np.ndarray:
+    """Data to threshold predicted by a fitted law (Eq. 7.1, or the log-linear baseline).
+
+    Args:
+        params: a fit row or ``FitResult.params``; with ``D_min, a_J, alpha_J, b_J, beta_J``
+            Eq. 7.1 is used, with ``log_intercept, slope_utd, slope_critic_params`` the baseline.
+        utd: σ values.
+        critic_params: N values (broadcast against ``utd``).
+    """
+    utd = np.asarray(utd, dtype=float)
+    critic_params = np.asarray(critic_params, dtype=float)
+    if "slope_utd" in params and np.any(np.isfinite(np.asarray(params["slope_utd"], float))):
+        return predict_loglinear(params, {"utd": utd, "critic_params": critic_params})
+    return (
+        params["D_min"]
+        + (params["a_J"] / utd) ** params["alpha_J"]
+        + (params["b_J"] / critic_params) ** params["beta_J"]
+    )
+
+
+class DataEfficiencyProblem(ScaledProblem):
+    """Eq. 7.1 for one or several groups (envs) sharing alpha_J and beta_J.
+
+    Parameter vector (rescaled units): ``[alpha, beta, D_min_0, a_0, b_0, D_min_1, ...]``.
+    Names: ``alpha_J, beta_J, D_min, a_J, b_J`` for one group, ``D_min/<g>`` etc. for several.
+    """
+
+    def __init__(
+        self,
+        utd: np.ndarray,
+        critic_params: np.ndarray,
+        D: np.ndarray,
+        group: np.ndarray | None = None,
+    ) -> None:
+        utd = np.asarray(utd, dtype=float)
+        critic_params = np.asarray(critic_params, dtype=float)
+        D = np.asarray(D, dtype=float)
+        self.group = np.zeros(D.size, dtype=int) if group is None else np.asarray(group, int)
+        self.n_groups = int(self.group.max()) + 1 if self.group.size else 1
+        valid = np.isfinite(D) & (D > 0)
+        self.rescale_utd = LogRescale.from_values(utd[valid], "utd")
+        self.rescale_params = LogRescale.from_values(critic_params[valid], "critic_params")
+        self.log_utd = self.rescale_utd.log_apply(utd)
+        self.log_params = self.rescale_params.log_apply(critic_params)
+        log_scale = np.zeros(self.n_groups)
+        for g in range(self.n_groups):
+            in_group = valid & (self.group == g)
+            if not in_group.any():
+                raise FitDataError(STATUS_FAILED, f"group {g} has no finite D")
+            log_scale[g] = np.log(np.mean(D[in_group]))
+        self.log_scale = log_scale
+        self.log_y_offset = log_scale[self.group]
+        # Lowest scaled target per group, to start D_min below it.
+        scaled = np.where(valid, D / np.exp(self.log_y_offset), np.inf)
+        self.min_scaled = np.array(
+            [scaled[self.group == g].min() for g in range(self.n_groups)], dtype=float
+        )
+        if self.n_groups == 1:
+            self.names = ("alpha_J", "beta_J", "D_min", "a_J", "b_J")
+        else:
+            per = [f"{p}/{g}" for g in range(self.n_groups) for p in ("D_min", "a_J", "b_J")]
+            self.names = ("alpha_J", "beta_J", *per)
+        self.exponents = (0, 1)
+        n = D.size
+        self._rows = np.arange(n)
+        self._col_dmin = 2 + 3 * self.group
+        self._col_a = 3 + 3 * self.group
+        self._col_b = 4 + 3 * self.group
+
+    def log_predict(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        alpha = theta[:, :1]
+        beta = theta[:, 1:2]
+        d_min = theta[:, self._col_dmin]
+        log_a = np.log(theta[:, self._col_a])
+        log_b = np.log(theta[:, self._col_b])
+        x_utd = log_a - self.log_utd  # log(a / σ~)
+        x_params = log_b - self.log_params
+        term_utd = np.exp(np.clip(alpha * x_utd, -700, 700))
+        term_params = np.exp(np.clip(beta * x_params, -700, 700))
+        pred = d_min + term_utd + term_params
+        inv = 1.0 / pred
+        jac = np.zeros((*pred.shape, self.n_params))
+        jac[:, :, 0] = term_utd * x_utd * inv
+        jac[:, :, 1] = term_params * x_params * inv
+        jac[:, self._rows, self._col_dmin] = inv
+        jac[:, self._rows, self._col_a] = term_utd * alpha / theta[:, self._col_a] * inv
+        jac[:, self._rows, self._col_b] = term_params * beta / theta[:, self._col_b] * inv
+        return np.log(pred), jac
+
+    def starts(self, rng: np.random.Generator, n_starts: int) -> np.ndarray:
+        theta = np.empty((n_starts, self.n_params))
+        theta[:, 0] = np.exp(rng.uniform(np.log(0.3), np.log(3.0), n_starts))
+        theta[:, 1] = np.exp(rng.uniform(np.log(0.3), np.log(3.0), n_starts))
+        for g in range(self.n_groups):
+            theta[:, 2 + 3 * g] = rng.uniform(0.05, 0.8, n_starts) * self.min_scaled[g]
+            theta[:, 3 + 3 * g] = np.exp(rng.uniform(np.log(0.05), np.log(1.0), n_starts))
+            theta[:, 4 + 3 * g] = np.exp(rng.uniform(np.log(0.05), np.log(1.0), n_starts))
+        theta[0, :2] = 1.0
+        theta[0, 2::3] = 0.5 * self.min_scaled
+        theta[0, 3::3] = 0.3
+        theta[0, 4::3] = 0.3
+        return theta
+
+    def unscale(self, theta: np.ndarray) -> np.ndarray:
+        out = np.empty_like(theta)
+        out[:, :2] = theta[:, :2]
+        for g in range(self.n_groups):
+            s = self.log_scale[g]
+            out[:, 2 + 3 * g] = np.exp(s) * theta[:, 2 + 3 * g]
+            a, alpha = unscale_power_term(theta[:, 3 + 3 * g], theta[:, 0], self.rescale_utd, s)
+            b, beta = unscale_power_term(theta[:, 4 + 3 * g], theta[:, 1], self.rescale_params, s)
+            out[:, 3 + 3 * g] = a
+            out[:, 4 + 3 * g] = b
+            out[:, 0] = alpha
+            out[:, 1] = beta
+        return out
+
+
+def fit_data_efficiency(
+    utd: np.ndarray,
+    critic_params: np.ndarray,
+    D: np.ndarray,
+    D_boot: np.ndarray | None = None,
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+) -> FitResult:
+    """Fit Eq. 7.1 for one env and threshold.
+
+    Args:
+        utd, critic_params, D: ``[n]`` points (NaN D = threshold never reached: ignored).
+        D_boot: optional ``[K, n]`` bootstrap resamples of D for parameter CIs.
+        n_starts, seed: multi-start settings.
+
+    Returns:
+        FitResult with params ``D_min, a_J, alpha_J, b_J, beta_J`` (+ ``_lo``/``_hi``).
+    """
+    names = ("alpha_J", "beta_J", "D_min", "a_J", "b_J")
+    try:
+        problem = DataEfficiencyProblem(utd, critic_params, D)
+    except FitDataError as err:
+        return _reorder(failed_result(names, err.status, err.reason, _n_finite(D)))
+    return _reorder(fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed))
+
+
+def fit_shared_exponents(
+    utd: np.ndarray,
+    critic_params: np.ndarray,
+    D: np.ndarray,
+    group: np.ndarray,
+    D_boot: np.ndarray | None = None,
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+) -> list[FitResult]:
+    """Joint fit of Eq. 7.1 over groups (envs) sharing alpha_J and beta_J.
+
+    Args:
+        group: ``[n]`` integer group index 0..G-1 of every point.
+
+    Returns:
+        One FitResult per group, each with that group's D_min, a_J, b_J and the shared exponents;
+        ``loss`` and ``n`` are the group's own. A failed joint fit fails every group.
+    """
+    group = np.asarray(group, dtype=int)
+    n_groups = int(group.max()) + 1 if group.size else 0
+    try:
+        problem = DataEfficiencyProblem(utd, critic_params, D, group)
+        if n_groups < 2:
+            raise FitDataError(STATUS_FAILED, "shared exponents need at least 2 envs")
+    except FitDataError as err:
+        return [
+            _reorder(failed_result(DE_PARAMS, err.status, err.reason, _n_finite(D[group == g])))
+            for g in range(max(n_groups, 1))
+        ]
+    joint = fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed)
+    D = np.asarray(D, dtype=float)
+    results = []
+    for g in range(n_groups):
+        params, lo, hi = {}, {}, {}
+        for name in DE_PARAMS:
+            key = name if name in ("alpha_J", "beta_J") else f"{name}/{g}"
+            params[name] = joint.params[key]
+            lo[name] = joint.lo.get(key, np.nan)
+            hi[name] = joint.hi.get(key, np.nan)
+        in_group = (group == g) & np.isfinite(D) & (D > 0)
+        loss = joint.loss
+        if joint.ok and in_group.any():
+            pred = predict_D(params, np.asarray(utd)[in_group], np.asarray(critic_params)[in_group])
+            loss = float(np.mean((np.log(pred) - np.log(D[in_group])) ** 2))
+        results.append(
+            FitResult(
+                params,
+                loss,
+                joint.status,
+                joint.reason,
+                int(in_group.sum()),
+                lo,
+                hi,
+                joint.n_boot_ok,
+                joint.n_boot,
+            )
+        )
+    return results
+
+
+def _reorder(result: FitResult) -> FitResult:
+    """Order params as DE_PARAMS."""
+    result.params = {k: result.params[k] for k in DE_PARAMS}
+    result.lo = {k: result.lo.get(k, np.nan) for k in DE_PARAMS}
+    result.hi = {k: result.hi.get(k, np.nan) for k in DE_PARAMS}
+    return result
+
+
+def _n_finite(D: np.ndarray) -> int:
+    D = np.asarray(D, dtype=float)
+    return int(np.sum(np.isfinite(D) & (D > 0)))
+
+
+# --------------------------------------------------------------------------------------------
+# Which rows feed the fits, and their bootstrap resamples
+# --------------------------------------------------------------------------------------------
+
+
+def select_fit_points(
+    crossings: pd.DataFrame, best_batch_size: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One crossing row per (env, agent, utd, critic_params, threshold_idx): the fit's data.
+
+    With ``best_batch_size`` (columns env, agent, utd, critic_params, B_star): every config uses
+    the batch size closest in log to its ``B_star`` (the same batch size at every threshold;
+    ties go to the smaller batch size). Configs without a finite ``B_star``, or calls without the
+    table, use the batch size with the smallest D at each threshold (NaN counts as never). Among
+    rows of equal batch size (e.g. several learning rates) the smallest D is taken.
+
+    Returns:
+        The chosen rows (all crossing columns kept) plus ``suite`` and ``batch_choice``
+        (``"B_star"`` or ``"min_D"``).
+    """
+    df = crossings.copy()
+    df["_order"] = np.arange(len(df))
+    df["_Dkey"] = df["D"].astype(float).fillna(np.inf)
+    keys = list(CONFIG_KEYS)
+    if best_batch_size is not None and len(best_batch_size):
+        bstar = best_batch_size[[*keys, "B_star"]].drop_duplicates(keys)
+        df = df.merge(bstar, on=keys, how="left")
+    else:
+        df["B_star"] = np.nan
+    df["_dist"] = np.abs(np.log(df["batch_size"].astype(float)) - np.log(df["B_star"]))
+    has_bstar = np.isfinite(df["_dist"])
+    chosen = df[has_bstar]
+    if len(chosen):
+        # The batch size closest to B_star (smallest batch size on ties) for each config.
+        best_b = (
+            chosen.sort_values(["_dist", "batch_size"])
+            .drop_duplicates(keys)[[*keys, "batch_size"]]
+            .rename(columns={"batch_size": "_best_b"})
+        )
+        chosen = chosen.merge(best_b, on=keys)
+        chosen = chosen[chosen["batch_size"] == chosen["_best_b"]].drop(columns="_best_b")
+        chosen = chosen.assign(batch_choice="B_star")
+    rest = df[~has_bstar].assign(batch_choice="min_D")
+    out = pd.concat([chosen, rest], ignore_index=True)
+    out = out.sort_values(["_Dkey", "batch_size", "_order"]).drop_duplicates(
+        [*keys, "threshold_idx"]
+    )
+    out = out.sort_values([*keys, "threshold_idx"]).drop(columns=["_order", "_Dkey", "_dist"])
+    out["suite"] = [suite_of(env) for env in out["env"]]
+    return out.reset_index(drop=True)
+
+
+def attach_bootstrap(
+    crossings: pd.DataFrame,
+    bootstrap: Mapping[tuple, np.ndarray],
+    key_columns: Sequence[str],
+) -> pd.DataFrame:
+    """Add a ``D_boot`` column (length-K array per row) from per-config bootstrap crossings.
+
+    Args:
+        crossings: crossing rows with ``threshold_idx`` and the ``key_columns``.
+        bootstrap: ``{config key tuple: [K, n_thresholds] array}``, the key in ``key_columns``
+            order (e.g. the output of the crossings step).
+        key_columns: columns that identify a config.
+
+    Rows whose config is missing get ``None``.
+    """
+    values = []
+    for row in crossings[list(key_columns) + ["threshold_idx"]].itertuples(index=False):
+        arr = bootstrap.get(tuple(row[:-1]))
+        values.append(None if arr is None else np.asarray(arr, dtype=float)[:, int(row[-1])])
+    out = crossings.copy()
+    out["D_boot"] = values
+    return out
+
+
+def bootstrap_matrix(
+    points: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
+) -> np.ndarray | None:
+    """``[K, n]`` bootstrap resamples of D for the rows of ``points``.
+
+    Uses the ``D_boot`` arrays where present; otherwise a parametric log-normal resample
+    ``D * exp(z * D_std / D)`` (with a ``D_boot_nan_frac`` share of NaNs, if that column exists);
+    rows with neither repeat D. Returns ``None`` when ``points`` has neither column.
+    """
+    has_boot = "D_boot" in points and points["D_boot"].notna().any()
+    if not has_boot and "D_std" not in points:
+        return None
+    D = points["D"].to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    if has_boot:
+        lengths = {len(v) for v in points["D_boot"] if v is not None and np.size(v)}
+        n_boot = max(lengths) if lengths else n_boot
+    out = np.repeat(D[None, :], n_boot, axis=0)
+    if "D_std" in points:
+        std = points["D_std"].to_numpy(dtype=float)
+        cv = np.where(np.isfinite(std) & (D > 0), std / np.where(D > 0, D, 1.0), 0.0)
+        out = D[None, :] * np.exp(rng.standard_normal((n_boot, D.size)) * cv[None, :])
+        if "D_boot_nan_frac" in points:
+            frac = np.nan_to_num(points["D_boot_nan_frac"].to_numpy(dtype=float), nan=0.0)
+            out[rng.random((n_boot, D.size)) < frac[None, :]] = np.nan
+    if has_boot:
+        for j, arr in enumerate(points["D_boot"]):
+            if arr is not None and np.size(arr) == n_boot:
+                out[:, j] = np.asarray(arr, dtype=float)
+    return out
+
+
+def average_over_envs(
+    points: pd.DataFrame, D_boot: np.ndarray | None = None, scope: str | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Task-averaged data of one threshold index over the envs in ``points``.
+
+    Each env's D is divided by its median over the grid points every env reached, averaged over
+    envs, and multiplied by the median of the medians (the same for every bootstrap resample).
+    Envs are matched on (utd, width) when all rows have a width, else on (utd, critic_params);
+    the averaged N is the geometric mean of the envs' N at that point.
+
+    Returns:
+        ``(averaged points with env = scope, averaged [K, m] resamples or None)``.
+    """
+    envs = sorted(points["env"].unique())
+    by_width = "width" in points and points["width"].notna().all()
+    match = ["utd", "width"] if by_width else ["utd", "critic_params"]
+    finite = points[np.isfinite(points["D"].astype(float))]
+    counts = finite.groupby(match)["env"].nunique()
+    common = counts[counts == len(envs)].index
+    columns = ["env", *match, "critic_params", "D"]
+    if len(common) == 0:
+        return pd.DataFrame(columns=columns), None if D_boot is None else np.empty((len(D_boot), 0))
+    idx = pd.MultiIndex.from_frame(points[match])
+    keep = idx.isin(common)
+    sel = points[keep].reset_index(drop=True)
+    boot = None if D_boot is None else D_boot[:, np.asarray(keep)]
+    order = {key: i for i, key in enumerate(common)}
+    m, n_env = len(common), len(envs)
+    D = np.full((n_env, m), np.nan)
+    log_n = np.zeros((n_env, m))
+    Db = None if boot is None else np.full((boot.shape[0], n_env, m), np.nan)
+    for j, row in enumerate(sel.itertuples(index=False)):
+        e = envs.index(row.env)
+        i = order[tuple(getattr(row, c) for c in match)]
+        D[e, i] = row.D
+        log_n[e, i] = np.log(row.critic_params)
+        if Db is not None:
+            Db[:, e, i] = boot[:, j]
+    averaged = _normalised_mean(D)
+    out = pd.DataFrame(list(common), columns=match)
+    if by_width:
+        out["critic_params"] = np.exp(log_n.mean(axis=0))
+    out["D"] = averaged
+    out.insert(0, "env", scope or "+".join(envs))
+    avg_boot = None
+    if Db is not None:
+        with np.errstate(all="ignore"):
+            avg_boot = _normalised_mean(Db)
+    return out, avg_boot
+
+
+def _normalised_mean(D: np.ndarray) -> np.ndarray:
+    """Mean over envs (axis -2) of D / median_env(D), times the median of the medians."""
+    med = np.median(D, axis=-1, keepdims=True)
+    return np.mean(D / med, axis=-2) * np.median(med, axis=-2)
+
+
+# --------------------------------------------------------------------------------------------
+# The fits table
+# --------------------------------------------------------------------------------------------
+
+
+def _row(
+    result: FitResult,
+    *,
+    scope: str,
+    agent: str,
+    variant: str,
+    group: str,
+    threshold_idx: int,
+    threshold: float,
+    data: pd.DataFrame,
+) -> dict:
+    """One row of fits_data_efficiency.csv."""
+    row: dict = {
+        "scope": scope,
+        "agent": agent,
+        "variant": variant,
+        "group": group,
+        "threshold_idx": threshold_idx,
+        "threshold": threshold,
+    }
+    for name in (*DE_PARAMS, *LOGLINEAR_PARAMS):
+        row[name] = result.params.get(name, np.nan)
+        row[f"{name}_lo"] = result.lo.get(name, np.nan)
+        row[f"{name}_hi"] = result.hi.get(name, np.nan)
+    finite = data[np.isfinite(data["D"].astype(float))]
+    row.update(
+        loss=result.loss,
+        status=result.status,
+        reason=result.reason,
+        n_points=result.n,
+        n_boot_ok=result.n_boot_ok,
+        utd_min=finite["utd"].min() if len(finite) else np.nan,
+        utd_max=finite["utd"].max() if len(finite) else np.nan,
+        critic_params_min=finite["critic_params"].min() if len(finite) else np.nan,
+        critic_params_max=finite["critic_params"].max() if len(finite) else np.nan,
+        D_obs_min=finite["D"].min() if len(finite) else np.nan,
+        D_obs_max=finite["D"].max() if len(finite) else np.nan,
+    )
+    return row
+
+
+def _loglinear(data: pd.DataFrame) -> FitResult:
+    fit = fit_loglinear(
+        {
+            "utd": data["utd"].to_numpy(float),
+            "critic_params": data["critic_params"].to_numpy(float),
+        },
+        data["D"].to_numpy(float),
+    )
+    return fit
+
+
+def fit_data_efficiency_table(
+    points: pd.DataFrame,
+    *,
+    variants: Iterable[str] = VARIANTS,
+    n_boot: int = DEFAULT_N_BOOT,
+    n_starts: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Fit Eq. 7.1 (and the log-linear baseline) for every scope, variant and threshold.
+
+    Args:
+        points: output of :func:`select_fit_points` (one row per env, agent, utd, critic_params,
+            threshold_idx; columns D, D_std and optionally D_boot, width, suite).
+        variants: subset of ``("per_env", "shared", "averaged", "loglinear")``.
+        n_boot: bootstrap resamples when they are drawn from D_std (0 = no CIs).
+        n_starts, seed: multi-start settings of every fit.
+
+    Returns:
+        ``fits_data_efficiency.csv``: scope, agent, variant, group, threshold_idx, threshold,
+        D_min, a_J, alpha_J, b_J, beta_J, log_intercept, slope_utd, slope_critic_params (each with
+        ``_lo``/``_hi``), loss, status, reason, n_points, n_boot_ok and the data ranges utd_min,
+        utd_max, critic_params_min, critic_params_max, D_obs_min, D_obs_max.
+    """
+    variants = tuple(variants)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; expected a subset of {VARIANTS}")
+    points = points.reset_index(drop=True)
+    if "suite" not in points:
+        points = points.assign(suite=[suite_of(env) for env in points["env"]])
+    boot_all = bootstrap_matrix(points, n_boot, seed) if n_boot > 0 else None
+    rows: list[dict] = []
+    fit_kw = {"n_starts": n_starts, "seed": seed}
+
+    for (agent, env, t_idx), data in points.groupby(["agent", "env", "threshold_idx"], sort=True):
+        boot = None if boot_all is None else boot_all[:, data.index.to_numpy()]
+        meta = {
+            "scope": env,
+            "agent": agent,
+            "group": env,
+            "threshold_idx": int(t_idx),
+            "threshold": float(data["threshold"].iloc[0]),
+            "data": data,
+        }
+        if "per_env" in variants:
+            fit = fit_data_efficiency(
+                data["utd"].to_numpy(float),
+                data["critic_params"].to_numpy(float),
+                data["D"].to_numpy(float),
+                boot,
+                **fit_kw,
+            )
+            rows.append(_row(fit, variant="per_env", **meta))
+        if "loglinear" in variants:
+            rows.append(_row(_loglinear(data), variant="loglinear", **meta))
+
+    for (agent, suite, t_idx), data in points.groupby(["agent", "suite", "threshold_idx"]):
+        envs = sorted(data["env"].unique())
+        if len(envs) < 2:
+            continue
+        boot = None if boot_all is None else boot_all[:, data.index.to_numpy()]
+        if "shared" in variants:
+            group = np.array([envs.index(e) for e in data["env"]])
+            fits = fit_shared_exponents(
+                data["utd"].to_numpy(float),
+                data["critic_params"].to_numpy(float),
+                data["D"].to_numpy(float),
+                group,
+                boot,
+                **fit_kw,
+            )
+            for g, env in enumerate(envs):
+                env_data = data[data["env"] == env]
+                rows.append(
+                    _row(
+                        fits[g],
+                        scope=env,
+                        agent=agent,
+                        variant="shared",
+                        group=suite,
+                        threshold_idx=int(t_idx),
+                        threshold=float(env_data["threshold"].iloc[0]),
+                        data=env_data,
+                    )
+                )
+        if "averaged" in variants:
+            avg, avg_boot = average_over_envs(data, boot, scope=suite)
+            fit = fit_data_efficiency(
+                avg["utd"].to_numpy(float),
+                avg["critic_params"].to_numpy(float),
+                avg["D"].to_numpy(float),
+                avg_boot,
+                **fit_kw,
+            )
+            if len(avg) == 0:
+                fit.reason = "no (utd, N) point reached by every env of the suite"
+            rows.append(
+                _row(
+                    fit,
+                    scope=suite,
+                    agent=agent,
+                    variant="averaged",
+                    group=suite,
+                    threshold_idx=int(t_idx),
+                    threshold=np.nan,
+                    data=avg,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def prediction_errors(
+    fits: pd.DataFrame, points: pd.DataFrame, variant: str = "per_env"
+) -> pd.DataFrame:
+    """Predicted D and relative error ``|D_hat - D| / D`` of one variant's fits at ``points``.
+
+    ``points`` rows (env, agent, utd, critic_params, threshold_idx, D) are matched to the fit
+    rows with ``scope == env`` (pass :func:`average_over_envs` output, whose env is the suite,
+    for the averaged variant). Rows without a usable fit get NaN.
+
+    Returns:
+        ``points`` with ``D_pred``, ``rel_error`` and ``fit_status`` added.
+    """
+    sel = fits[fits["variant"] == variant]
+    cols = ["scope", "agent", "threshold_idx", *DE_PARAMS, *LOGLINEAR_PARAMS, "status"]
+    merged = points.merge(
+        sel[cols].rename(columns={"scope": "env", "status": "fit_status"}),
+        on=["env", "agent", "threshold_idx"],
+        how="left",
+    )
+    usable = merged["fit_status"].eq("ok").to_numpy()
+    params = {name: merged[name].to_numpy(float) for name in (*DE_PARAMS, *LOGLINEAR_PARAMS)}
+    if variant != "loglinear":
+        params = {k: v for k, v in params.items() if k in DE_PARAMS}
+    with np.errstate(all="ignore"):
+        pred = predict_D(
+            params, merged["utd"].to_numpy(float), merged["critic_params"].to_numpy(float)
+        )
+    pred = np.where(usable, pred, np.nan)
+    out = points.copy()
+    out["D_pred"] = pred
+    out["rel_error"] = relative_error(pred, points["D"].to_numpy(float))
+    out["fit_status"] = merged["fit_status"].to_numpy()
+    return out
+
+
+def mean_relative_error(errors: pd.DataFrame, by: Sequence[str] = ("env",)) -> pd.DataFrame:
+    """Mean (and median) relative error over the finite rows of :func:`prediction_errors`."""
+    finite = errors[np.isfinite(errors["rel_error"])]
+    return (
+        finite.groupby(list(by))["rel_error"]
+        .agg(mean_rel_error="mean", median_rel_error="median", n="size")
+        .reset_index()
+    )

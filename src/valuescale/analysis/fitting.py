@@ -1,0 +1,582 @@
+"""Robust fitting of positive scaling laws in log space (method.md §3.5).
+
+Every scaling-law fit of the analysis (batch size, learning rate, data efficiency) goes through
+:func:`fit_scaled`:
+
+* the loss is the mean squared error between the log prediction and the log target;
+* each input is log-rescaled so that its data range maps onto ``[0.5, 2]``
+  (``x~ = c * x**p``, see :class:`LogRescale`) and the target is divided by its mean;
+* parameters are kept positive as ``softplus`` of unconstrained variables;
+* scipy's L-BFGS-B minimises the loss with an analytic gradient from several seeded starts, and the
+  best start is kept. The starts are optimised *together* as one block-separable problem (the sum of
+  the per-start losses), which costs one scipy call instead of one per start;
+* parameter confidence intervals come from refitting every bootstrap resample of the targets
+  (a ``[K, n]`` matrix) warm-started at the best fit, again in one stacked L-BFGS-B call, and taking
+  the 5th and 95th percentiles of the refitted parameters (in original units).
+
+A law is a :class:`ScaledProblem`: it binds the data, does the rescaling, evaluates the log
+prediction and its Jacobian for a stack of parameter vectors, proposes starts, and maps fitted
+parameters back to original units. Data problems (too few points, constant targets, non-finite
+loss, optimiser failure, parameters at absurd values) never raise out of the public fit functions:
+they return a :class:`FitResult` whose ``status`` is ``"failed"`` or ``"degenerate"`` with a
+``reason``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_DEGENERATE = "degenerate"
+
+# The data range of every input is mapped log-linearly onto [RESCALE_LO, RESCALE_HI].
+RESCALE_LO = 0.5
+RESCALE_HI = 2.0
+# Unconstrained variables are bounded so that softplus(u) stays in [~1e-22, UPPER_BOUND].
+U_LOWER = -50.0
+UPPER_BOUND = 60.0
+# A fitted parameter (in rescaled units) above ABSURD_HIGH or an exponent below ABSURD_EXPONENT_LOW
+# marks the fit as degenerate.
+ABSURD_HIGH = 40.0
+ABSURD_EXPONENT_LOW = 1e-3
+# Percentiles of the bootstrap refits reported as ``_lo`` / ``_hi``.
+CI_PERCENTILES = (5.0, 95.0)
+# Fewer usable bootstrap refits than this leave the confidence interval NaN.
+MIN_BOOT_OK = 10
+
+
+class FitDataError(Exception):
+    """Raised inside a fit when the data cannot support the law; turned into a FitResult."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class FitResult:
+    """Outcome of one fit.
+
+    Attributes:
+        params: fitted parameters in original units (NaN when the fit failed).
+        loss: mean squared error of log prediction vs log target on the fitted points.
+        status: ``"ok"``, ``"failed"`` (no usable fit) or ``"degenerate"`` (a fit exists but
+            the data do not determine it: constant target, parameters at absurd values, ...).
+        reason: empty for ``ok``; otherwise why.
+        n: number of points the fit used.
+        lo, hi: 5th / 95th percentiles of the bootstrap refits (NaN without bootstrap).
+        n_boot_ok: bootstrap refits that converged to a usable fit.
+        n_boot: bootstrap resamples given.
+    """
+
+    params: dict[str, float]
+    loss: float
+    status: str
+    reason: str
+    n: int
+    lo: dict[str, float] = field(default_factory=dict)
+    hi: dict[str, float] = field(default_factory=dict)
+    n_boot_ok: int = 0
+    n_boot: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the fit is usable."""
+        return self.status == STATUS_OK
+
+    def row(self) -> dict[str, float | str | int]:
+        """Flat dict for a table: every parameter with ``_lo`` / ``_hi``, loss, status, reason."""
+        out: dict[str, float | str | int] = {}
+        for name, value in self.params.items():
+            out[name] = value
+            out[f"{name}_lo"] = self.lo.get(name, np.nan)
+            out[f"{name}_hi"] = self.hi.get(name, np.nan)
+        out.update(
+            loss=self.loss,
+            status=self.status,
+            reason=self.reason,
+            n_points=self.n,
+            n_boot_ok=self.n_boot_ok,
+            n_boot=self.n_boot,
+        )
+        return out
+
+
+def failed_result(names: Sequence[str], status: str, reason: str, n: int = 0) -> FitResult:
+    """A FitResult with NaN parameters and the given status / reason."""
+    nan = dict.fromkeys(names, np.nan)
+    return FitResult(dict(nan), np.nan, status, reason, n, dict(nan), dict(nan))
+
+
+@dataclass(frozen=True)
+class LogRescale:
+    """Maps ``[x_min, x_max]`` log-linearly onto ``[0.5, 2]``: ``x~ = c * x**p``.
+
+    For a power-law term this is a change of units that the law absorbs exactly, so fitted
+    parameters map back to original units in closed form (:func:`unscale_power_term`).
+    """
+
+    log_min: float
+    log_max: float
+
+    @classmethod
+    def from_values(cls, x: np.ndarray, what: str = "input") -> LogRescale:
+        """Rescaling for the finite positive values of ``x``.
+
+        Raises:
+            FitDataError: if ``x`` has no positive values or takes a single value.
+        """
+        x = np.asarray(x, dtype=float)
+        x = x[np.isfinite(x) & (x > 0)]
+        if x.size == 0:
+            raise FitDataError(STATUS_FAILED, f"{what} has no finite positive values")
+        log_min, log_max = float(np.log(x.min())), float(np.log(x.max()))
+        if log_max - log_min < 1e-9:
+            raise FitDataError(STATUS_DEGENERATE, f"{what} takes a single value ({x[0]:g})")
+        return cls(log_min, log_max)
+
+    @property
+    def p(self) -> float:
+        """Exponent of the rescaling."""
+        return float(np.log(RESCALE_HI / RESCALE_LO) / (self.log_max - self.log_min))
+
+    @property
+    def log_c(self) -> float:
+        """Log of the prefactor of the rescaling."""
+        return float(np.log(RESCALE_LO) - self.p * self.log_min)
+
+    def log_apply(self, x: np.ndarray) -> np.ndarray:
+        """``log x~`` for original ``x``."""
+        return self.log_c + self.p * np.log(np.asarray(x, dtype=float))
+
+
+def unscale_power_term(
+    a_scaled: np.ndarray, alpha_scaled: np.ndarray, rescale: LogRescale, log_y_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Original-unit ``(a, alpha)`` of a term ``s * (a~ / x~)**alpha~ = (a / x)**alpha``.
+
+    With ``x~ = c x**p`` and target scale ``s``: ``alpha = p alpha~`` and
+    ``log a = (log s / alpha~ + log a~ - log c) / p``.
+    """
+    alpha_scaled = np.asarray(alpha_scaled, dtype=float)
+    log_a = (
+        np.asarray(log_y_scale) / alpha_scaled + np.log(np.asarray(a_scaled)) - rescale.log_c
+    ) / rescale.p
+    return np.exp(log_a), rescale.p * alpha_scaled
+
+
+def softplus(u: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(u))``, computed stably."""
+    return np.logaddexp(0.0, u)
+
+
+def inverse_softplus(theta: np.ndarray) -> np.ndarray:
+    """``u`` with ``softplus(u) = theta`` for ``theta > 0``."""
+    theta = np.asarray(theta, dtype=float)
+    return np.where(theta > 30.0, theta, np.log(np.expm1(np.minimum(theta, 30.0))))
+
+
+def sigmoid(u: np.ndarray) -> np.ndarray:
+    """Derivative of softplus."""
+    return 0.5 * (1.0 + np.tanh(0.5 * u))
+
+
+class ScaledProblem(ABC):
+    """A positive law bound to its data, in rescaled units.
+
+    Subclasses set ``names`` (original-unit parameter names, in the order of the parameter
+    vector), ``exponents`` (indices of exponent parameters), ``log_y_offset`` (``log`` of the
+    target scale of every point: ``log y~ = log y - log_y_offset``) and implement the methods.
+    """
+
+    names: tuple[str, ...]
+    exponents: tuple[int, ...] = ()
+    log_y_offset: np.ndarray
+
+    @abstractmethod
+    def log_predict(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Log prediction in rescaled units for a stack of parameter vectors.
+
+        Args:
+            theta: ``[S, P]`` positive parameters (rescaled units).
+
+        Returns:
+            ``(log_pred [S, n], jacobian [S, n, P])`` with ``jacobian = d log_pred / d theta``.
+        """
+
+    @abstractmethod
+    def starts(self, rng: np.random.Generator, n_starts: int) -> np.ndarray:
+        """``[n_starts, P]`` positive starting points (rescaled units); row 0 deterministic."""
+
+    @abstractmethod
+    def unscale(self, theta: np.ndarray) -> np.ndarray:
+        """``[S, P]`` rescaled parameters -> ``[S, P]`` parameters in original units."""
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters P."""
+        return len(self.names)
+
+
+@dataclass
+class _StackedOutcome:
+    theta: np.ndarray  # [S, P] fitted parameters (rescaled units)
+    loss: np.ndarray  # [S] mean squared log error per block (NaN for empty blocks)
+    success: np.ndarray  # [S] bool: the optimiser converged for this block
+    message: str
+
+
+def _block_weights(mask: np.ndarray) -> np.ndarray:
+    """``1 / n_valid`` per valid entry, so that ``sum(w r^2)`` is the mean squared error."""
+    return mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+
+
+def _block_loss(
+    problem: ScaledProblem, theta: np.ndarray, log_y: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """``[S]`` mean squared log error of every block."""
+    log_pred, _ = problem.log_predict(theta)
+    resid = np.where(mask, log_pred - log_y, 0.0)
+    loss = np.sum(_block_weights(mask) * resid * resid, axis=1)
+    loss[mask.sum(axis=1) == 0] = np.nan
+    return loss
+
+
+def _levenberg_marquardt(
+    problem: ScaledProblem,
+    log_y: np.ndarray,
+    mask: np.ndarray,
+    theta0: np.ndarray,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-12,
+) -> _StackedOutcome:
+    """Batched Levenberg-Marquardt on S independent blocks, in the softplus variables ``u``.
+
+    Minimises the same loss as :func:`_lbfgsb_polish` (mean squared log error per block) with
+    a damped Gauss-Newton step per block and a per-block damping ``lam``; one Jacobian evaluation
+    of all blocks per iteration. Used to explore the starts and to refit bootstrap resamples,
+    where it needs tens of iterations against thousands for L-BFGS-B on the stacked problem.
+    """
+    n_blocks, n_params = theta0.shape
+    u_upper = float(inverse_softplus(np.array(UPPER_BOUND)))
+    sqrt_w = np.sqrt(_block_weights(mask))
+    target = np.where(mask, log_y, 0.0)
+    eye = np.eye(n_params)
+
+    def evaluate(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        log_pred, jac = problem.log_predict(softplus(u))
+        resid = sqrt_w * np.where(mask, log_pred - target, 0.0)
+        jac_u = sqrt_w[:, :, None] * jac * sigmoid(u)[:, None, :]
+        loss = np.sum(resid * resid, axis=1)
+        bad = ~np.isfinite(loss) | ~np.all(np.isfinite(jac_u), axis=(1, 2))
+        loss[bad] = np.inf
+        return loss, resid, jac_u
+
+    u = np.clip(inverse_softplus(np.clip(theta0, 1e-12, UPPER_BOUND)), U_LOWER, u_upper)
+    loss, resid, jac_u = evaluate(u)
+    lam = np.full(n_blocks, 1e-3)
+    active = np.isfinite(loss)
+    converged = np.zeros(n_blocks, dtype=bool)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        jac_a = np.where(np.isfinite(jac_u), jac_u, 0.0)
+        grad = np.einsum("snp,sn->sp", jac_a, np.where(np.isfinite(resid), resid, 0.0))
+        hess = np.einsum("snp,snq->spq", jac_a, jac_a)
+        diag = np.diagonal(hess, axis1=1, axis2=2)
+        damping = lam[:, None] * (diag + 1e-9 * (diag.max(axis=1, keepdims=True) + 1e-12))
+        system = hess + damping[:, :, None] * eye
+        try:
+            step = -np.linalg.solve(system, grad[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            step = -grad / np.maximum(np.diagonal(system, axis1=1, axis2=2), 1e-12)
+        step = np.where(active[:, None] & np.isfinite(step), step, 0.0)
+        u_new = np.clip(u + step, U_LOWER, u_upper)
+        loss_new, resid_new, jac_new = evaluate(u_new)
+        better = active & (loss_new <= loss)
+        gain = np.where(better, loss - loss_new, 0.0)
+        u[better] = u_new[better]
+        resid[better] = resid_new[better]
+        jac_u[better] = jac_new[better]
+        loss[better] = loss_new[better]
+        lam = np.where(better, np.maximum(lam / 3.0, 1e-12), np.minimum(lam * 4.0, 1e12))
+        small_gain = better & (gain <= tol * (1.0 + loss))
+        stuck = active & (lam >= 1e12)
+        converged |= small_gain | stuck
+        active &= ~(small_gain | stuck)
+    theta = softplus(u)
+    out_loss = np.where(np.isfinite(loss), loss, np.nan)
+    out_loss[mask.sum(axis=1) == 0] = np.nan
+    return _StackedOutcome(theta, out_loss, converged | active, "levenberg-marquardt")
+
+
+def _lbfgsb_polish(
+    problem: ScaledProblem,
+    log_y: np.ndarray,
+    mask: np.ndarray,
+    theta0: np.ndarray,
+    *,
+    maxiter: int,
+) -> _StackedOutcome:
+    """scipy L-BFGS-B on ``sum_s mean_i mask (log_pred - log_y)^2`` with analytic gradient.
+
+    ``log_y``/``mask`` are ``[S, n]``, ``theta0`` ``[S, P]``; blocks share no parameters. Used
+    with one block to polish the best start.
+    """
+    n_blocks, n_params = theta0.shape
+    weights = _block_weights(mask)
+    target = np.where(mask, log_y, 0.0)
+
+    def objective(u_flat: np.ndarray) -> tuple[float, np.ndarray]:
+        u = u_flat.reshape(n_blocks, n_params)
+        log_pred, jac = problem.log_predict(softplus(u))
+        resid = np.where(mask, log_pred - target, 0.0)
+        value = float(np.sum(weights * resid * resid))
+        if not np.isfinite(value):
+            return 1e30, np.zeros_like(u_flat)
+        grad_theta = 2.0 * np.einsum("sn,snp->sp", weights * resid, jac)
+        grad_u = grad_theta * sigmoid(u)
+        return value, np.nan_to_num(grad_u.ravel(), nan=0.0, posinf=0.0, neginf=0.0)
+
+    u_upper = float(inverse_softplus(np.array(UPPER_BOUND)))
+    u0 = np.clip(inverse_softplus(np.clip(theta0, 1e-12, UPPER_BOUND)), U_LOWER, u_upper).ravel()
+    res = minimize(
+        objective,
+        u0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(U_LOWER, u_upper)] * u0.size,
+        options={"maxiter": maxiter, "maxfun": 2 * maxiter, "ftol": 1e-15, "gtol": 1e-10},
+    )
+    theta = softplus(res.x.reshape(n_blocks, n_params))
+    loss = _block_loss(problem, theta, log_y, mask)
+    # An ABNORMAL line search at an exact optimum is harmless; the gradient check judges it.
+    success = bool(res.success) or "ABNORMAL" in str(res.message)
+    return _StackedOutcome(theta, loss, np.full(n_blocks, success), str(res.message))
+
+
+def _gradient_small(
+    problem: ScaledProblem, log_y: np.ndarray, mask: np.ndarray, theta: np.ndarray
+) -> bool:
+    """True if the loss gradient (w.r.t. the softplus variables) at ``theta`` is ~0."""
+    log_pred, jac = problem.log_predict(theta[None, :])
+    resid = np.where(mask, log_pred[0] - log_y, 0.0)
+    u = inverse_softplus(theta)
+    grad = 2.0 * (resid @ jac[0]) / mask.sum() * sigmoid(u)
+    return bool(np.all(np.isfinite(grad)) and np.max(np.abs(grad)) < 1e-6)
+
+
+def _absurd_reason(problem: ScaledProblem, theta: np.ndarray) -> str:
+    """Why ``theta`` (one vector, rescaled units) is absurd, or ``""``."""
+    if not np.all(np.isfinite(theta)):
+        return "non-finite parameters"
+    high = [problem.names[i] for i in range(problem.n_params) if theta[i] > ABSURD_HIGH]
+    if high:
+        return f"parameter(s) {', '.join(high)} at absurd values (diverged)"
+    low = [problem.names[i] for i in problem.exponents if theta[i] < ABSURD_EXPONENT_LOW]
+    if low:
+        return f"exponent(s) {', '.join(low)} collapsed to ~0 (term not identified)"
+    return ""
+
+
+def _scaled_log_targets(problem: ScaledProblem, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(log y~, mask)`` for targets ``y`` (any leading shape; last axis = points)."""
+    mask = np.isfinite(y) & (y > 0)
+    log_y = np.where(mask, np.log(np.where(mask, y, 1.0)) - problem.log_y_offset, 0.0)
+    return log_y, mask
+
+
+def fit_scaled(
+    problem: ScaledProblem,
+    y: np.ndarray,
+    y_boot: np.ndarray | None = None,
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+    maxiter: int = 2000,
+) -> FitResult:
+    """Fit ``problem`` to targets ``y`` (original units), optionally with bootstrap CIs.
+
+    All ``n_starts`` seeded starts are first optimised together by a batched Levenberg-Marquardt
+    on the log loss; the best one is then polished by scipy L-BFGS-B (analytic gradient, softplus
+    variables, bounds keeping parameters in ``[~0, UPPER_BOUND]``).
+
+    Args:
+        problem: the law bound to its inputs.
+        y: ``[n]`` targets; non-finite or non-positive entries are ignored.
+        y_boot: optional ``[K, n]`` resampled targets (NaN = missing in that resample). Each row
+            is refitted, warm-started at the best fit; refits with too few points, non-finite
+            loss or absurd parameters are dropped before taking percentiles.
+        n_starts: number of seeded starts (row 0 of ``problem.starts`` is deterministic).
+        seed: seed of the random starts.
+        maxiter: L-BFGS-B iteration limit.
+
+    Returns:
+        A :class:`FitResult`; never raises for data problems.
+    """
+    names = problem.names
+    n_params = problem.n_params
+    y = np.asarray(y, dtype=float)
+    log_y, mask = _scaled_log_targets(problem, y)
+    n = int(mask.sum())
+    if n <= n_params:
+        return failed_result(
+            names, STATUS_FAILED, f"{n} usable points for {n_params} parameters", n
+        )
+    if np.ptp(log_y[mask] + problem.log_y_offset[mask]) < 1e-9:
+        return failed_result(names, STATUS_DEGENERATE, "target is constant", n)
+
+    rng = np.random.default_rng(seed)
+    theta0 = problem.starts(rng, max(1, n_starts))
+    n_blocks = theta0.shape[0]
+    explored = _levenberg_marquardt(
+        problem,
+        np.repeat(log_y[None, :], n_blocks, axis=0),
+        np.repeat(mask[None, :], n_blocks, axis=0),
+        theta0,
+    )
+    losses = np.where(np.isfinite(explored.loss), explored.loss, np.inf)
+    if not np.isfinite(losses).any():
+        return failed_result(names, STATUS_FAILED, "non-finite loss from every start", n)
+    order = np.argsort(losses)
+    best = int(order[0])
+    # Prefer a start with sane parameters if it is (almost) as good as the best.
+    for idx in order:
+        if losses[idx] > losses[best] * (1 + 1e-6) + 1e-12:
+            break
+        if not _absurd_reason(problem, explored.theta[idx]):
+            best = int(idx)
+            break
+    polished = _lbfgsb_polish(
+        problem, log_y[None, :], mask[None, :], explored.theta[best : best + 1], maxiter=maxiter
+    )
+    if np.isfinite(polished.loss[0]) and polished.loss[0] <= losses[best]:
+        theta, loss, message = polished.theta[0], float(polished.loss[0]), polished.message
+    else:
+        theta, loss, message = explored.theta[best], float(losses[best]), explored.message
+    params = dict(zip(names, problem.unscale(theta[None, :])[0].tolist(), strict=True))
+    if not np.isfinite(loss):
+        return failed_result(names, STATUS_FAILED, "non-finite loss", n)
+    if not _gradient_small(problem, log_y, mask, theta) and not polished.success[0]:
+        result = failed_result(names, STATUS_FAILED, f"optimiser did not converge: {message}", n)
+        result.params, result.loss = params, loss
+        return result
+    return _finish(problem, params, loss, n, theta, y_boot)
+
+
+def _finish(
+    problem: ScaledProblem,
+    params: dict[str, float],
+    loss: float,
+    n: int,
+    theta: np.ndarray,
+    y_boot: np.ndarray | None,
+) -> FitResult:
+    """Absurdity check and bootstrap confidence intervals around a converged fit."""
+    names = problem.names
+    reason = _absurd_reason(problem, theta)
+    status = STATUS_DEGENERATE if reason else STATUS_OK
+    nan = dict.fromkeys(names, np.nan)
+    result = FitResult(params, loss, status, reason, n, dict(nan), dict(nan))
+    if y_boot is None or status != STATUS_OK:
+        return result
+    y_boot = np.atleast_2d(np.asarray(y_boot, dtype=float))
+    result.n_boot = n_boot = y_boot.shape[0]
+    if n_boot == 0:
+        return result
+    log_y, mask = _scaled_log_targets(problem, y_boot)
+    usable = mask.sum(axis=1) > problem.n_params
+    if usable.any():
+        refit = _levenberg_marquardt(
+            problem,
+            log_y[usable],
+            mask[usable],
+            np.repeat(theta[None, :], int(usable.sum()), axis=0),
+        )
+        good = np.isfinite(refit.loss) & np.array(
+            [not _absurd_reason(problem, t) for t in refit.theta]
+        )
+        result.n_boot_ok = int(good.sum())
+    if result.n_boot_ok < MIN_BOOT_OK:
+        result.reason = f"only {result.n_boot_ok} of {n_boot} bootstrap refits usable: no CI"
+        return result
+    boot_params = problem.unscale(refit.theta[good])
+    lo, hi = np.percentile(boot_params, CI_PERCENTILES, axis=0)
+    result.lo = dict(zip(names, lo.tolist(), strict=True))
+    result.hi = dict(zip(names, hi.tolist(), strict=True))
+    return result
+
+
+def guarded_fit(
+    build: Callable[[], ScaledProblem],
+    names: Sequence[str],
+    y: np.ndarray,
+    y_boot: np.ndarray | None = None,
+    **kwargs,
+) -> FitResult:
+    """Build a problem with ``build()`` and fit it; data errors become failed/degenerate results.
+
+    ``build`` may raise :class:`FitDataError` (e.g. an input with a single value).
+    """
+    try:
+        problem = build()
+    except FitDataError as err:
+        n = int(np.sum(np.isfinite(np.asarray(y, dtype=float))))
+        return failed_result(names, err.status, err.reason, n)
+    return fit_scaled(problem, y, y_boot, **kwargs)
+
+
+def fit_loglinear(inputs: Mapping[str, np.ndarray], y: np.ndarray) -> FitResult:
+    """Log-linear baseline ``log y = log_intercept + sum_j slope_<name_j> * log x_j``.
+
+    Least squares in log space on the points where ``y`` and every input are finite and positive.
+    Parameters are ``log_intercept`` and ``slope_<name>`` per input.
+    """
+    names = ["log_intercept", *[f"slope_{k}" for k in inputs]]
+    y = np.asarray(y, dtype=float)
+    columns = [np.asarray(v, dtype=float) for v in inputs.values()]
+    mask = np.isfinite(y) & (y > 0)
+    for col in columns:
+        mask &= np.isfinite(col) & (col > 0)
+    n = int(mask.sum())
+    if n <= len(names):
+        return failed_result(
+            names, STATUS_FAILED, f"{n} usable points for {len(names)} parameters", n
+        )
+    design = np.column_stack([np.ones(n), *[np.log(c[mask]) for c in columns]])
+    target = np.log(y[mask])
+    coef, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
+    resid = design @ coef - target
+    loss = float(np.mean(resid**2))
+    params = dict(zip(names, coef.tolist(), strict=True))
+    if rank < design.shape[1]:
+        result = FitResult(params, loss, STATUS_DEGENERATE, "inputs are collinear or constant", n)
+    else:
+        result = FitResult(params, loss, STATUS_OK, "", n)
+    nan = dict.fromkeys(names, np.nan)
+    result.lo, result.hi = dict(nan), dict(nan)
+    return result
+
+
+def predict_loglinear(params: Mapping[str, float], inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Prediction of a :func:`fit_loglinear` fit at ``inputs`` (same names)."""
+    log_pred = np.asarray(params["log_intercept"], dtype=float)
+    for name, values in inputs.items():
+        log_pred = log_pred + params[f"slope_{name}"] * np.log(np.asarray(values, dtype=float))
+    return np.exp(log_pred)
+
+
+def relative_error(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """``|predicted - actual| / actual`` elementwise (NaN where ``actual`` is not positive)."""
+    predicted = np.asarray(predicted, dtype=float)
+    actual = np.asarray(actual, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(actual > 0, np.abs(predicted - actual) / actual, np.nan)

@@ -52,6 +52,8 @@ LOGLINEAR_PARAMS = ("log_intercept", "slope_utd", "slope_critic_params")
 VARIANTS = ("per_env", "shared", "averaged", "loglinear")
 CONFIG_KEYS = ("env", "agent", "utd", "critic_params")
 DEFAULT_N_BOOT = 100
+# Envs with fewer finite D at a threshold are left out of that threshold's shared/averaged fit.
+MIN_POINTS_PER_ENV = 3
 
 
 def suite_of(env: str) -> str:
@@ -466,6 +468,7 @@ def _row(
     threshold_idx: int,
     threshold: float,
     data: pd.DataFrame,
+    envs: str = "",
 ) -> dict:
     """One row of fits_data_efficiency.csv."""
     row: dict = {
@@ -473,6 +476,7 @@ def _row(
         "agent": agent,
         "variant": variant,
         "group": group,
+        "envs": envs or scope,
         "threshold_idx": threshold_idx,
         "threshold": threshold,
     }
@@ -565,55 +569,75 @@ def fit_data_efficiency_table(
             rows.append(_row(_loglinear(data), variant="loglinear", **meta))
 
     for (agent, suite, t_idx), data in points.groupby(["agent", "suite", "threshold_idx"]):
-        envs = sorted(data["env"].unique())
-        if len(envs) < 2:
+        if data["env"].nunique() < 2:
             continue
-        boot = None if boot_all is None else boot_all[:, data.index.to_numpy()]
+        finite = data.assign(_ok=np.isfinite(data["D"].astype(float)))
+        counts = finite.groupby("env")["_ok"].sum()
+        envs = sorted(counts[counts >= MIN_POINTS_PER_ENV].index)
+        left_out = sorted(counts[counts < MIN_POINTS_PER_ENV].index)
+        used = data[data["env"].isin(envs)]
+        boot = None if boot_all is None else boot_all[:, used.index.to_numpy()]
+        suite_meta = {"agent": agent, "threshold_idx": int(t_idx), "envs": ",".join(envs)}
         if "shared" in variants:
-            group = np.array([envs.index(e) for e in data["env"]])
-            fits = fit_shared_exponents(
-                data["utd"].to_numpy(float),
-                data["critic_params"].to_numpy(float),
-                data["D"].to_numpy(float),
-                group,
-                boot,
-                **fit_kw,
+            fits = (
+                []
+                if len(envs) < 2
+                else fit_shared_exponents(
+                    used["utd"].to_numpy(float),
+                    used["critic_params"].to_numpy(float),
+                    used["D"].to_numpy(float),
+                    np.array([envs.index(e) for e in used["env"]]),
+                    boot,
+                    **fit_kw,
+                )
             )
-            for g, env in enumerate(envs):
+            for env in sorted(data["env"].unique()):
                 env_data = data[data["env"] == env]
+                if env in envs and fits:
+                    fit = fits[envs.index(env)]
+                else:
+                    why = (
+                        f"fewer than {MIN_POINTS_PER_ENV} finite D"
+                        if env in left_out
+                        else "fewer than 2 envs with data"
+                    )
+                    fit = failed_result(DE_PARAMS, STATUS_FAILED, why, int(counts[env]))
                 rows.append(
                     _row(
-                        fits[g],
+                        fit,
                         scope=env,
-                        agent=agent,
                         variant="shared",
                         group=suite,
-                        threshold_idx=int(t_idx),
                         threshold=float(env_data["threshold"].iloc[0]),
                         data=env_data,
+                        **suite_meta,
                     )
                 )
         if "averaged" in variants:
-            avg, avg_boot = average_over_envs(data, boot, scope=suite)
-            fit = fit_data_efficiency(
-                avg["utd"].to_numpy(float),
-                avg["critic_params"].to_numpy(float),
-                avg["D"].to_numpy(float),
-                avg_boot,
-                **fit_kw,
-            )
-            if len(avg) == 0:
-                fit.reason = "no (utd, N) point reached by every env of the suite"
+            avg, avg_boot = average_over_envs(used, boot, scope=suite)
+            if len(envs) < 2:
+                why = f"fewer than 2 envs with {MIN_POINTS_PER_ENV} finite D"
+                fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
+            elif len(avg) == 0:
+                why = "no (utd, N) point reached by every env of the suite"
+                fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
+            else:
+                fit = fit_data_efficiency(
+                    avg["utd"].to_numpy(float),
+                    avg["critic_params"].to_numpy(float),
+                    avg["D"].to_numpy(float),
+                    avg_boot,
+                    **fit_kw,
+                )
             rows.append(
                 _row(
                     fit,
                     scope=suite,
-                    agent=agent,
                     variant="averaged",
                     group=suite,
-                    threshold_idx=int(t_idx),
                     threshold=np.nan,
                     data=avg,
+                    **suite_meta,
                 )
             )
     return pd.DataFrame(rows)

@@ -1,0 +1,217 @@
+"""Tests of the data-efficiency law fits (Eq. 7.1) on synthetic ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from valuescale.analysis.data_efficiency import (
+    DE_PARAMS,
+    attach_bootstrap,
+    average_over_envs,
+    bootstrap_matrix,
+    fit_data_efficiency,
+    fit_data_efficiency_table,
+    fit_shared_exponents,
+    mean_relative_error,
+    predict_D,
+    prediction_errors,
+    select_fit_points,
+)
+
+UTD_GRID = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+PARAMS_GRID = np.geomspace(2.5e5, 4e7, 6)
+NOISE = 0.05
+
+
+def law(d_min: float, alpha: float, beta: float, term: float = 3e5) -> dict[str, float]:
+    """Eq. 7.1 whose σ and N terms both equal ``term`` at σ = 1 and N = 1e6."""
+    return {
+        "D_min": d_min,
+        "a_J": term ** (1 / alpha),
+        "alpha_J": alpha,
+        "b_J": 1e6 * term ** (1 / beta),
+        "beta_J": beta,
+    }
+
+
+TRUE = law(5e4, 1.0, 0.7)
+
+
+def grid() -> tuple[np.ndarray, np.ndarray]:
+    u, n = np.meshgrid(UTD_GRID, PARAMS_GRID, indexing="ij")
+    return u.ravel(), n.ravel()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_env_fit_recovers_synthetic_law(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    u, n = grid()
+    truth = predict_D(TRUE, u, n)
+    D = truth * np.exp(rng.normal(0, NOISE, u.size))
+    fit = fit_data_efficiency(u, n, D)
+    assert fit.status == "ok", fit.reason
+    assert fit.params["alpha_J"] == pytest.approx(TRUE["alpha_J"], rel=0.15)
+    assert fit.params["beta_J"] == pytest.approx(TRUE["beta_J"], rel=0.15)
+    rel = np.abs(predict_D(fit.params, u, n) / truth - 1)
+    assert rel.mean() < 0.05 and rel.max() < 0.10
+    assert fit.loss == pytest.approx(NOISE**2, rel=0.5)
+    assert list(fit.params) == list(DE_PARAMS)
+
+
+def test_bootstrap_ci_brackets_fit_and_truth() -> None:
+    rng = np.random.default_rng(3)
+    u, n = grid()
+    D = predict_D(TRUE, u, n) * np.exp(rng.normal(0, NOISE, u.size))
+    boot = D * np.exp(rng.normal(0, NOISE, (100, u.size)))
+    boot[rng.random(boot.shape) < 0.02] = np.nan  # resamples that never reached J
+    fit = fit_data_efficiency(u, n, D, boot)
+    assert fit.n_boot == 100 and fit.n_boot_ok >= 90
+    for name in ("alpha_J", "beta_J"):
+        assert fit.lo[name] < fit.params[name] < fit.hi[name]
+        assert fit.lo[name] < TRUE[name] < fit.hi[name]
+
+
+def test_shared_exponents_fit_three_envs() -> None:
+    rng = np.random.default_rng(4)
+    laws = [law(5e4, 1.0, 0.7, 3e5), law(2e5, 1.0, 0.7, 6e5), law(1e5, 1.0, 0.7, 1.5e5)]
+    u, n = grid()
+    us, ns, Ds, groups, truths = [], [], [], [], []
+    for g, true in enumerate(laws):
+        truth = predict_D(true, u, n)
+        us.append(u)
+        ns.append(n)
+        truths.append(truth)
+        Ds.append(truth * np.exp(rng.normal(0, NOISE, u.size)))
+        groups.append(np.full(u.size, g))
+    fits = fit_shared_exponents(
+        np.concatenate(us), np.concatenate(ns), np.concatenate(Ds), np.concatenate(groups)
+    )
+    assert len(fits) == 3 and all(f.status == "ok" for f in fits)
+    assert len({f.params["alpha_J"] for f in fits}) == 1  # shared
+    assert fits[0].params["alpha_J"] == pytest.approx(1.0, rel=0.1)
+    assert fits[0].params["beta_J"] == pytest.approx(0.7, rel=0.1)
+    for fit, truth in zip(fits, truths, strict=True):
+        rel = np.abs(predict_D(fit.params, u, n) / truth - 1)
+        assert rel.mean() < 0.05
+        assert fit.n == u.size
+
+
+def test_average_over_envs_is_exact_for_scaled_copies() -> None:
+    u, n = grid()
+    base = predict_D(TRUE, u, n)
+    scales = [0.5, 1.0, 4.0]
+    frames = [
+        pd.DataFrame({"env": f"e{i}", "utd": u, "critic_params": n * (1 + 0.01 * i), "D": c * base})
+        for i, c in enumerate(scales)
+    ]
+    points = pd.concat(frames, ignore_index=True)
+    points.loc[0, "D"] = np.nan  # one env misses one grid point: dropped for every env
+    points["width"] = np.tile(np.arange(u.size), 3)  # match envs on (utd, width)
+    boot = np.repeat(points["D"].to_numpy()[None, :], 4, axis=0)
+    avg, avg_boot = average_over_envs(points, boot, scope="suite")
+    assert len(avg) == u.size - 1 and (avg["env"] == "suite").all()
+    # D_e = c_e f  ->  mean_e(D_e / med_e) * median(med_e) = f * median(c)
+    np.testing.assert_allclose(avg["D"], np.median(scales) * base[1:], rtol=1e-12)
+    np.testing.assert_allclose(avg_boot, np.repeat(avg["D"].to_numpy()[None, :], 4, axis=0))
+    # averaged N is the geometric mean of the envs' N
+    np.testing.assert_allclose(
+        avg["critic_params"], n[1:] * np.exp(np.mean(np.log([1, 1.01, 1.02])))
+    )
+
+
+def synthetic_crossings(rng: np.random.Generator, noise: float = NOISE) -> pd.DataFrame:
+    """Crossing rows of 3 dmc-medium envs, 2 thresholds, 3 batch sizes (128 is best)."""
+    rows = []
+    u_grid, n_grid = UTD_GRID[1:], PARAMS_GRID[1:]
+    for e, env in enumerate(("cheetah-run", "walker-run", "hopper-hop")):
+        for t in range(2):
+            true = law(5e4 * (1 + e) * (1 + t), 1.0, 0.7, 3e5 * (1 + t))
+            for u in u_grid:
+                for w, n in enumerate(n_grid):
+                    for B in (64, 128, 256):
+                        D = predict_D(true, u, n) * np.exp(rng.normal(0, noise))
+                        D *= 1 + 0.3 * abs(np.log2(B / 128))
+                        rows.append(
+                            {
+                                "env": env,
+                                "agent": "bro",
+                                "utd": u,
+                                "width": 256 * 2**w,
+                                "critic_params": n,
+                                "batch_size": B,
+                                "lr": 3e-4,
+                                "source": "synthetic",
+                                "threshold_idx": t,
+                                "threshold": 100.0 * (t + 1),
+                                "D": D,
+                                "D_std": 0.05 * D,
+                                "D_boot_nan_frac": 0.0,
+                            }
+                        )
+    return pd.DataFrame(rows)
+
+
+def test_select_fit_points_uses_b_star_or_min_d() -> None:
+    crossings = synthetic_crossings(np.random.default_rng(5), noise=0.0)
+    points = select_fit_points(crossings)
+    assert (points["batch_size"] == 128).all() and (points["batch_choice"] == "min_D").all()
+    assert len(points) == len(crossings) // 3
+    keys = ["env", "agent", "utd", "critic_params"]
+    bstar = crossings[keys].drop_duplicates().assign(B_star=200.0)  # closest in log: 256
+    bstar.loc[bstar.index[0], "B_star"] = np.nan  # falls back to min D
+    points = select_fit_points(crossings, bstar)
+    assert (points["batch_choice"] == "B_star").sum() == len(points) - 2
+    assert (points.loc[points["batch_choice"] == "B_star", "batch_size"] == 256).all()
+    assert (points.loc[points["batch_choice"] == "min_D", "batch_size"] == 128).all()
+    assert set(points["suite"]) == {"dmc-medium"}
+
+
+def test_bootstrap_matrix_prefers_real_resamples() -> None:
+    crossings = synthetic_crossings(np.random.default_rng(6)).head(4)
+    keys = ["env", "agent", "utd", "critic_params", "batch_size"]
+    boot = {
+        tuple(r): np.full((7, 2), float(i + 1))
+        for i, r in enumerate(crossings[keys].itertuples(index=False))
+    }
+    with_boot = attach_bootstrap(crossings, boot, keys)
+    matrix = bootstrap_matrix(with_boot)
+    assert matrix.shape == (7, 4)
+    np.testing.assert_array_equal(matrix[0], [1, 2, 3, 4])
+    parametric = bootstrap_matrix(crossings, n_boot=500, seed=0)
+    assert parametric.shape == (500, 4)
+    cv = np.std(np.log(parametric), axis=0)
+    np.testing.assert_allclose(cv, 0.05, rtol=0.15)
+    assert bootstrap_matrix(crossings.drop(columns=["D_std"])) is None
+
+
+def test_fit_table_all_variants_and_prediction_errors() -> None:
+    crossings = synthetic_crossings(np.random.default_rng(7))
+    # An env that never reaches threshold 1: its fits must fail with a reason, not raise.
+    never = crossings[(crossings["env"] == "cheetah-run")].assign(env="fish-swim")
+    never.loc[never["threshold_idx"] == 1, "D"] = np.nan
+    crossings = pd.concat([crossings, never], ignore_index=True)
+    points = select_fit_points(crossings)
+    fits = fit_data_efficiency_table(points, n_boot=30)
+    for col in ("scope", "variant", "threshold_idx", "D_min", "alpha_J_lo", "beta_J_hi", "status"):
+        assert col in fits
+    counts = fits.groupby("variant").size().to_dict()
+    assert counts == {"per_env": 8, "loglinear": 8, "shared": 8, "averaged": 2}
+    failed = fits[(fits["scope"] == "fish-swim") & (fits["threshold_idx"] == 1)]
+    assert set(failed["variant"]) == {"per_env", "loglinear", "shared"}
+    assert (failed["status"] == "failed").all() and failed["reason"].str.len().min() > 0
+    # The other envs still share exponents and average without it.
+    averaged = fits[(fits["variant"] == "averaged") & (fits["threshold_idx"] == 1)].iloc[0]
+    assert averaged["envs"] == "cheetah-run,hopper-hop,walker-run"
+    good = fits.drop(failed.index)
+    assert (good["status"] == "ok").all(), good.loc[good["status"] != "ok", "reason"].tolist()
+    shared = good[good["variant"] == "shared"]
+    assert shared.groupby("threshold_idx")["alpha_J"].nunique().eq(1).all()
+    assert shared["alpha_J"].between(0.8, 1.2).all()
+
+    errors = prediction_errors(good, points, "per_env")
+    summary = mean_relative_error(errors)
+    assert (summary["mean_rel_error"] < 0.06).all()
+    baseline = mean_relative_error(prediction_errors(good, points, "loglinear"))
+    assert (baseline["mean_rel_error"] > summary["mean_rel_error"]).all()

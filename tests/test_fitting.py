@@ -1,0 +1,204 @@
+"""Tests of the generic positive-law fitter, the batch-size law and the learning-rate rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from valuescale.analysis.batch_size_fit import (
+    BatchSizeProblem,
+    LearningRateProblem,
+    best_learning_rate,
+    fit_batch_size_law,
+    fit_batch_size_table,
+    fit_learning_rate_law,
+    fit_learning_rate_table,
+    predict_batch_size,
+    predict_learning_rate,
+    usable_batch_rows,
+)
+from valuescale.analysis.data_efficiency import DataEfficiencyProblem, fit_data_efficiency
+from valuescale.analysis.fitting import (
+    FitResult,
+    LogRescale,
+    fit_loglinear,
+    predict_loglinear,
+    unscale_power_term,
+)
+
+UTD_GRID = np.array([1.0, 2.0, 4.0, 8.0])
+PARAMS_GRID = np.array([5e5, 2e6, 8e6, 3.2e7])
+TRUE_B = {"a_B": 2000.0, "alpha_B": 0.4, "b_B": 3e3, "beta_B": 0.6}
+
+
+def grid(utd: np.ndarray, critic_params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    u, n = np.meshgrid(utd, critic_params, indexing="ij")
+    return u.ravel(), n.ravel()
+
+
+def test_log_rescale_maps_data_range_to_half_and_two() -> None:
+    x = np.array([3.0, 30.0, 300.0, np.nan, -1.0])
+    rescale = LogRescale.from_values(x)
+    scaled = np.exp(rescale.log_apply(np.array([3.0, 30.0, 300.0])))
+    np.testing.assert_allclose(scaled, [0.5, 1.0, 2.0])
+
+
+def test_unscale_power_term_gives_the_same_term_in_original_units() -> None:
+    x = np.array([1.0, 2.0, 8.0])
+    rescale = LogRescale.from_values(x)
+    x_scaled = np.exp(rescale.log_apply(x))
+    a_s, alpha_s, log_s = 0.7, 1.3, np.log(1234.0)
+    a, alpha = unscale_power_term(np.array(a_s), np.array(alpha_s), rescale, log_s)
+    np.testing.assert_allclose((a / x) ** alpha, np.exp(log_s) * (a_s / x_scaled) ** alpha_s)
+
+
+@pytest.mark.parametrize("kind", ["de", "shared", "batch", "lr"])
+def test_analytic_jacobian_matches_finite_differences(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    u, n = grid(UTD_GRID, PARAMS_GRID)
+    y = rng.uniform(1e5, 1e6, u.size)
+    if kind == "de":
+        problem = DataEfficiencyProblem(u, n, y)
+    elif kind == "shared":
+        problem = DataEfficiencyProblem(u, n, y, group=np.arange(u.size) % 3)
+    elif kind == "batch":
+        problem = BatchSizeProblem(u, n, y)
+    else:
+        problem = LearningRateProblem(u, y)
+    theta = problem.starts(rng, 3)
+    _, jac = problem.log_predict(theta)
+    eps = 1e-6
+    for p in range(problem.n_params):
+        plus, minus = theta.copy(), theta.copy()
+        plus[:, p] += eps
+        minus[:, p] -= eps
+        numeric = (problem.log_predict(plus)[0] - problem.log_predict(minus)[0]) / (2 * eps)
+        np.testing.assert_allclose(jac[:, :, p], numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_degenerate_inputs_return_status_and_reason_not_exceptions() -> None:
+    two = fit_data_efficiency(np.array([1.0, 2.0]), np.array([1e6, 2e6]), np.array([3e5, 2e5]))
+    assert two.status == "failed" and "2 usable points" in two.reason
+    assert np.isnan(two.params["alpha_J"])
+
+    u, n = grid(UTD_GRID, PARAMS_GRID)
+    all_nan = fit_data_efficiency(u, n, np.full(u.size, np.nan))
+    assert all_nan.status == "failed" and all_nan.reason
+
+    constant = fit_data_efficiency(u, n, np.full(u.size, 2e5))
+    assert constant.status == "degenerate" and "constant" in constant.reason
+
+    single_utd = fit_data_efficiency(np.full(u.size, 2.0), n, np.linspace(1e5, 4e5, u.size))
+    assert single_utd.status == "degenerate" and "utd" in single_utd.reason
+
+    bad_b = fit_batch_size_law(u, n, np.full(u.size, np.nan))
+    assert bad_b.status == "failed" and bad_b.reason
+
+
+def test_fit_result_row_has_ci_columns() -> None:
+    result = FitResult({"a": 1.0}, 0.1, "ok", "", 5, {"a": 0.5}, {"a": 2.0})
+    row = result.row()
+    assert (row["a"], row["a_lo"], row["a_hi"], row["n_points"]) == (1.0, 0.5, 2.0, 5)
+
+
+def test_loglinear_recovers_exact_coefficients_and_flags_collinearity() -> None:
+    u, n = grid(UTD_GRID, PARAMS_GRID)
+    y = np.exp(3.0) * u**-0.5 * n**0.25
+    fit = fit_loglinear({"utd": u, "critic_params": n}, y)
+    assert fit.status == "ok"
+    assert fit.params["log_intercept"] == pytest.approx(3.0)
+    assert fit.params["slope_utd"] == pytest.approx(-0.5)
+    assert fit.params["slope_critic_params"] == pytest.approx(0.25)
+    np.testing.assert_allclose(predict_loglinear(fit.params, {"utd": u, "critic_params": n}), y)
+    collinear = fit_loglinear({"utd": u, "critic_params": u * 10}, y)
+    assert collinear.status == "degenerate"
+
+
+def test_batch_size_law_is_recovered_with_ci() -> None:
+    rng = np.random.default_rng(1)
+    u, n = grid(UTD_GRID, PARAMS_GRID)
+    truth = predict_batch_size(TRUE_B, u, n)
+    B = truth * np.exp(rng.normal(0, 0.03, u.size))
+    boot = B * np.exp(rng.normal(0, 0.03, (100, u.size)))
+    fit = fit_batch_size_law(u, n, B, boot)
+    assert fit.status == "ok", fit.reason
+    assert fit.params["alpha_B"] == pytest.approx(TRUE_B["alpha_B"], rel=0.15)
+    assert fit.params["beta_B"] == pytest.approx(TRUE_B["beta_B"], rel=0.3)
+    np.testing.assert_allclose(predict_batch_size(fit.params, u, n), truth, rtol=0.05)
+    assert fit.n_boot_ok >= 90
+    assert fit.lo["alpha_B"] < fit.params["alpha_B"] < fit.hi["alpha_B"]
+
+
+def test_batch_size_table_beats_loglinear_on_eq61_data() -> None:
+    rng = np.random.default_rng(2)
+    rows = []
+    for env in ("h1-crawl-v0", "h1-pole-v0", "cheetah-run"):
+        for u in UTD_GRID:
+            for n in PARAMS_GRID:
+                B = predict_batch_size(TRUE_B, u, n) * np.exp(rng.normal(0, 0.03))
+                rows.append(
+                    {
+                        "env": env,
+                        "agent": "bro",
+                        "utd": u,
+                        "critic_params": n,
+                        "width": np.nan,
+                        "B_star": B,
+                        "B_star_lo": B / 1.1,
+                        "B_star_hi": B * 1.1,
+                        "n_batch_sizes": 5,
+                        "status": "ok",
+                    }
+                )
+    # An unusable row (too few batch sizes) must be ignored.
+    rows.append({**rows[0], "B_star": 1e6, "n_batch_sizes": 2})
+    table = fit_batch_size_table(pd.DataFrame(rows), n_boot=20)
+    assert set(table["scope"]) == {
+        "h1-crawl-v0",
+        "h1-pole-v0",
+        "cheetah-run",
+        "humanoidbench",
+        "all",
+    }
+    assert (table["status"] == "ok").all()
+    assert (table["rel_error"] < table["loglinear_rel_error"]).all()
+    assert (table["rel_error"] < 0.06).all()
+    assert {"a_B_lo", "alpha_B_hi", "log_intercept"} <= set(table.columns)
+    assert len(usable_batch_rows(pd.DataFrame(rows))) == len(rows) - 1
+
+
+def test_learning_rate_rules() -> None:
+    utd = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    lr = (2e-3 / utd) ** 0.4
+    fit = fit_learning_rate_law(utd, lr)
+    assert fit.status == "ok", fit.reason
+    assert fit.params["alpha_eta"] == pytest.approx(0.4, rel=1e-3)
+    np.testing.assert_allclose(predict_learning_rate(fit.params, utd), lr, rtol=1e-3)
+
+    rows = []
+    for u in utd:
+        for n in (1e6, 4e6):
+            best = 3e-4 / u**0.5
+            for lr_value in (best / 3, best, best * 3):
+                D = 1e5 * (1 + abs(np.log(lr_value / best)))
+                rows.append(
+                    {
+                        "env": "cheetah-run",
+                        "agent": "bro",
+                        "utd": u,
+                        "critic_params": n,
+                        "batch_size": 256,
+                        "lr": lr_value,
+                        "threshold_idx": 19,
+                        "D": D,
+                    }
+                )
+    best_lr = best_learning_rate(pd.DataFrame(rows))
+    np.testing.assert_allclose(best_lr["lr_star"], 3e-4 / best_lr["utd"] ** 0.5)
+    table = fit_learning_rate_table(best_lr)
+    power = table[table["law"] == "power_utd"].iloc[0]
+    assert power["alpha_eta"] == pytest.approx(0.5, rel=1e-3)
+    loglin = table[table["law"] == "loglinear"].iloc[0]
+    # log B is constant here: the log-linear design is rank deficient but still predicts.
+    assert loglin["slope_utd"] == pytest.approx(-0.5, abs=1e-6)

@@ -1,0 +1,1 @@
+"""Agents as pure functions over explicit state pytrees (``bro``; SimbaV2 reserved)."""

@@ -122,7 +122,8 @@ def best_hyperparameter(
         defined = choices[~np.isnan(choices)]
         record = dict(zip(group, values, strict=True))
         if defined.size:
-            star = float(np.exp(np.mean(np.log(defined))))
+            # the geometric mean lies within [min, max]; clamp away rounding (all-equal choices)
+            star = float(np.clip(np.exp(np.mean(np.log(defined))), defined.min(), defined.max()))
             lo, hi = np.percentile(defined, [LOW_PERCENTILE, HIGH_PERCENTILE])
             median = float(np.median(defined))
         else:

@@ -1,0 +1,36 @@
+# All train jobs' curves -> one long table of own runs, then merged with the imported published
+# archives into the study's curve table.
+
+
+rule aggregate:
+    input:
+        runs=get_train_runs(),
+    output:
+        f"{TABLES}/curves_own.parquet",
+    log:
+        f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate.tsv"
+    resources:
+        mem_mb=config["resources"]["analysis"]["mem_mb"],
+        runtime=config["resources"]["analysis"]["runtime"],
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/aggregate.py"
+
+
+rule merge_curves:
+    input:
+        tables=get_curve_tables(),
+    output:
+        f"{TABLES}/curves.parquet",
+    log:
+        f"{LOGS}/merge_curves.log",
+    resources:
+        mem_mb=config["resources"]["analysis"]["mem_mb"],
+        runtime=config["resources"]["analysis"]["runtime"],
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/merge_curves.py"

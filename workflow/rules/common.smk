@@ -1,0 +1,594 @@
+"""Loading, validation, wildcard constraints and input functions of the workflow.
+
+Everything that needs Python lives here; the other rule files hold rules only. All checks run when
+the DAG is built, so a bad config fails before any job starts, with a ValueError naming the key.
+"""
+
+import math
+import os
+import re
+import sys
+from collections import namedtuple
+from decimal import Decimal
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import validate
+
+from valuescale.tasks import DEFAULT_DELTA, TASKS
+
+# Conda environment of all jobs when run with --use-conda: the one environment.yml creates (it
+# installs this package); without --use-conda jobs run in the interpreter that runs Snakemake.
+CONDA_ENV = "valuescale"
+
+# Shell jobs call `python -m valuescale...`: put the interpreter that runs Snakemake (which has the
+# package) first on PATH, so that it works from an unactivated virtual environment too.
+_bindir = os.path.dirname(sys.executable)
+_path = os.environ["PATH"]
+if _path.split(os.pathsep)[0] != _bindir:
+    os.environ["PATH"] = os.pathsep.join([_bindir, _path])
+
+FIGURES = [
+    "fig_scaling",
+    "fig_batch_size",
+    "fig_data_efficiency",
+    "fig_budget",
+    "fig_preprocessing",
+    "fig_passive_critic",
+    "fig_overfitting",
+    "fig_learning_curves",
+]
+EVALUATION_TABLES = ["fit_errors", "allocation_strategies", "passive_critic_slopes"]
+PUBLISHED_NAMES = [
+    "model_scaling_const_lr",
+    "overfitting",
+    "fitted_bs",
+    "interpolated_bs",
+    "extrapolated_bs",
+    "compute_optimal",
+    "n_scaling_bl",
+    "utd_scaling_bl",
+    "side_critic",
+    "simbav2_model_scaling_linear20_with_base",
+    "dmc_bro_ablations",
+]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def config_error(key, message):
+    """The one way a bad config fails: a ValueError that names the offending key."""
+    return ValueError(f"invalid config key '{key}': {message}")
+
+
+def _dotted(path):
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def validate_config(cfg):
+    """Schema validation (fills in defaults), re-raised as a ValueError naming the key."""
+    try:
+        validate(cfg, schema="../schemas/config.schema.yaml")
+    except WorkflowError as err:
+        cause = next((a for a in err.args if hasattr(a, "absolute_path")), None)
+        if cause is None:
+            raise
+        key = _dotted(list(cause.absolute_path))
+        hint = ""
+        if isinstance(cause.instance, str) and re.fullmatch(
+            r"[-+]?[0-9]+[eE][-+]?[0-9]+", cause.instance
+        ):
+            hint = f" (YAML reads {cause.instance} as a string; write it with a dot, e.g. 3.0e-4)"
+        if cause.validator == "additionalProperties":
+            hint = " (unknown key)"
+        raise config_error(key, cause.message + hint) from None
+
+
+# ----------------------------------------------------------------------------- wildcard formats
+
+
+def fmt_utd(value):
+    """Canonical path form of a UTD ratio: 0.5, 1, 2, 0.25 (round-trips through float)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def fmt_lr(value):
+    """Canonical path form of a learning rate: 3e-4, 1.5e-4, 1e-3 (round-trips through float)."""
+    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
+    mantissa = "".join(map(str, digits))
+    exp10 = exponent + len(digits) - 1
+    if len(mantissa) > 1:
+        mantissa = f"{mantissa[0]}.{mantissa[1:]}"
+    return f"{'-' if sign else ''}{mantissa}e{exp10}"
+
+
+# Wildcard formats accept the canonical forms only, so every path maps to one cell.
+WILDCARD_PATTERNS = {
+    "env": r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*",
+    "agent": r"bro|simbav2",
+    "utd": r"(0|[1-9][0-9]*)(\.[0-9]*[1-9])?",
+    "width": r"[1-9][0-9]*",
+    "batch_size": r"[1-9][0-9]*",
+    "lr": r"[1-9](\.[0-9]*[1-9])?e(0|-?[1-9][0-9]*)",
+    "first": r"0|[1-9][0-9]*",
+    "last": r"0|[1-9][0-9]*",
+    "name": "|".join(PUBLISHED_NAMES),
+    "figure": "|".join(FIGURES),
+    "table": "|".join(EVALUATION_TABLES),
+}
+
+
+wildcard_constraints:
+    **WILDCARD_PATTERNS,
+
+
+# ----------------------------------------------------------------------------- grid and seeds
+
+TrainJob = namedtuple(
+    "TrainJob", ["env", "agent", "utd", "width", "batch_size", "lr", "first", "last"]
+)
+
+
+def seed_list(value):
+    """Seeds from the config: an int n means 0..n-1; a list is taken as given (sorted)."""
+    return list(range(value)) if isinstance(value, int) else sorted(int(s) for s in value)
+
+
+def seed_blocks(seeds, per_job):
+    """Pack seeds into train jobs: (first, last) ranges of consecutive seeds.
+
+    per_job None: one job per run of consecutive seeds (all seeds in one job when they are
+    0..n-1). per_job k: fixed blocks [j*k, (j+1)*k) cut by runs, so a block's job depends only on
+    which of its own seeds are configured: adding seeds outside it never changes it.
+    """
+    blocks = []
+    for seed in sorted(seeds):
+        key = None if per_job is None else seed // per_job
+        if blocks and blocks[-1][1] == seed - 1 and blocks[-1][2] == key:
+            blocks[-1][1] = seed
+        else:
+            blocks.append([seed, seed, key])
+    return [(first, last) for first, last, _ in blocks]
+
+
+def train_settings(env):
+    """Train settings of one env: config['train'] with config['train_overrides'][env] on top."""
+    settings = dict(config["train"])
+    settings.update(config["train_overrides"].get(env, {}))
+    return settings
+
+
+def _check_envs(envs):
+    """Unknown env names fail with the list of valid ones (HumanoidBench ids: by pattern only,
+    the planning host need not have HumanoidBench installed)."""
+    from valuescale.envs import is_humanoid_bench
+
+    dmc = [(key, env) for key, env in envs if not is_humanoid_bench(env)]
+    if not dmc:
+        return
+    import logging
+
+    from valuescale.envs import list_envs
+
+    # importing dm_control adds a handler to the root logger, which would print every line of
+    # Snakemake's own log twice
+    root_handlers = list(logging.getLogger().handlers)
+    valid = set(list_envs())
+    logging.getLogger().handlers[:] = root_handlers
+    for key, env in dmc:
+        if env not in valid:
+            raise config_error(key, f"unknown env {env!r}; valid: {', '.join(sorted(valid))}")
+
+
+def build_train_jobs(cfg):
+    """All train jobs of the grid (deduplicated, in config order) after cross-field checks."""
+    from valuescale.config import AGENTS
+
+    jobs = {}
+    env_keys = []
+    for i, block in enumerate(cfg["grid"]):
+        where = f"grid[{i}]"
+        env_keys += [(f"{where}.envs", env) for env in block["envs"]]
+        for agent in block["agents"]:
+            if agent not in AGENTS:
+                raise config_error(
+                    f"{where}.agents",
+                    f"agent {agent!r} is not implemented by the engine (available: "
+                    f"{', '.join(AGENTS)})",
+                )
+        seeds = seed_list(block.get("seeds", cfg["seeds"]))
+        blocks = seed_blocks(seeds, cfg["seeds_per_job"])
+        for env in block["envs"]:
+            settings = train_settings(env)
+            for batch_size in block["batch_sizes"]:
+                if batch_size > settings["replay_size"]:
+                    raise config_error(
+                        f"{where}.batch_sizes",
+                        f"batch size {batch_size} is larger than the replay buffer "
+                        f"(train.replay_size = {settings['replay_size']}) for env {env}",
+                    )
+            for utd in block["utd"]:
+                reset = settings["reset_interval"]
+                if reset and round(reset / utd) < 1:
+                    raise config_error(
+                        "train.reset_interval",
+                        f"{reset} gradient steps at utd {utd} is less than one env step",
+                    )
+            for agent in block["agents"]:
+                for utd in block["utd"]:
+                    for width in block["widths"]:
+                        for batch_size in block["batch_sizes"]:
+                            for lr in block["lrs"]:
+                                for first, last in blocks:
+                                    job = TrainJob(
+                                        env,
+                                        agent,
+                                        fmt_utd(utd),
+                                        int(width),
+                                        int(batch_size),
+                                        fmt_lr(lr),
+                                        first,
+                                        last,
+                                    )
+                                    jobs[job] = None
+    _check_envs(list(dict.fromkeys(env_keys)))
+    grid_envs = {env for block in cfg["grid"] for env in block["envs"]}
+    for env in cfg["train_overrides"]:
+        if env not in grid_envs:
+            raise config_error(f"train_overrides.{env}", f"env {env!r} is not in the grid")
+    for env in grid_envs:
+        settings = train_settings(env)
+        key = f"train_overrides.{env}" if env in cfg["train_overrides"] else "train"
+        if settings["warmup_steps"] >= settings["steps"]:
+            raise config_error(
+                f"{key}.warmup_steps",
+                f"warmup_steps ({settings['warmup_steps']}) must be below steps "
+                f"({settings['steps']}) for env {env}, or nothing is trained",
+            )
+    return list(jobs)
+
+
+# ----------------------------------------------------------------------------- analysis settings
+
+
+def resolve_env_analysis(cfg, grid_envs):
+    """Per-env analysis settings: the paper's Table 2 (j_min, delta; j_max only with
+    analysis.thresholds.paper_j_max) with config['analysis']['envs'] on top. j_max None = the
+    data rule."""
+    resolved = {}
+    paper_j_max = cfg["analysis"]["thresholds"]["paper_j_max"]
+    for env, spec in TASKS.items():
+        resolved[env] = {
+            "j_min": spec.j_min,
+            "j_max": spec.j_max if paper_j_max else None,
+            "delta": spec.delta,
+            "max_step": None,
+        }
+    for env, override in cfg["analysis"]["envs"].items():
+        base = resolved.get(env, {"j_min": None, "j_max": None, "delta": DEFAULT_DELTA})
+        override = {k: v for k, v in override.items() if v is not None or k != "j_min"}
+        resolved[env] = {"max_step": None, **base, **override}
+    for env, values in resolved.items():
+        if (
+            values["j_min"] is not None
+            and values["j_max"] is not None
+            and values["j_min"] >= values["j_max"]
+        ):
+            raise config_error(
+                f"analysis.envs.{env}.j_min",
+                f"j_min ({values['j_min']}) must be below j_max ({values['j_max']})",
+            )
+    return resolved
+
+
+def check_analysis(cfg):
+    analysis = cfg["analysis"]
+    n_thresholds = analysis["thresholds"]["n"]
+    if analysis["budget"]["n_heldout"] > n_thresholds - 2:
+        raise config_error(
+            "analysis.budget.n_heldout",
+            f"{analysis['budget']['n_heldout']} held-out budgets leave fewer than 2 of "
+            f"analysis.thresholds.n = {n_thresholds} to fit",
+        )
+    idx = analysis["proposal"]["threshold_idx"]
+    if idx is not None and idx >= n_thresholds:
+        raise config_error(
+            "analysis.proposal.threshold_idx",
+            f"{idx} is out of range for {n_thresholds} thresholds",
+        )
+
+
+# ----------------------------------------------------------------------------- published data
+
+
+def is_url(source):
+    return re.match(r"^https?://", source) is not None
+
+
+def published_source_path(name):
+    """Where a published zip comes from: a URL or a local path."""
+    source = config["published_source"].rstrip("/")
+    return f"{source}/{name}.zip"
+
+
+def resolve_published(cfg):
+    """The published zips this study uses; decided when the DAG is built.
+
+    A local source lacking an optional zip skips it (and the outputs in its needed_by) with a
+    warning; lacking a required one is an error.
+    """
+    zips = cfg["published"]["zips"]
+    source = cfg["published_source"]
+    available, skipped = [], []
+    if zips and not is_url(source) and not Path(source).is_dir():
+        raise config_error("published_source", f"{source!r} is neither a URL nor a directory")
+    for name, spec in zips.items():
+        if is_url(source) or (Path(source) / f"{name}.zip").is_file():
+            available.append(name)
+        elif spec["optional"]:
+            skipped.append(name)
+            logger.warning(
+                f"published zip {name}.zip is not in {source}: skipping it"
+                + (f" and {', '.join(spec['needed_by'])}" if spec["needed_by"] else "")
+            )
+        else:
+            raise config_error(
+                f"published.zips.{name}",
+                f"{name}.zip is not in {source} (mark it optional: true to skip it)",
+            )
+    return available, skipped
+
+
+def resolve_design_dir(cfg):
+    design = cfg["published"]["design_dir"]
+    if design is None and not is_url(cfg["published_source"]):
+        candidate = Path(cfg["published_source"]) / "design"
+        design = str(candidate) if candidate.is_dir() else None
+    if design is not None and not Path(design).is_dir():
+        raise config_error("published.design_dir", f"{design!r} is not a directory")
+    return design
+
+
+# ----------------------------------------------------------------------------- load the study
+
+validate_config(config)
+for _i, _block in enumerate(config["grid"]):
+    # ints written as 64.0 pass the schema's integer type; keep paths canonical
+    _block["widths"] = [int(w) for w in _block["widths"]]
+    _block["batch_sizes"] = [int(b) for b in _block["batch_sizes"]]
+
+RESULTS = config["results_dir"].rstrip("/")
+RESOURCES = config["resources_dir"].rstrip("/")
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+TABLES = f"{RESULTS}/tables"
+FIGURES_DIR = f"{RESULTS}/figures"
+RUN_NAME = "{env}/{agent}/utd{utd}_w{width}_b{batch_size}_lr{lr}/seeds{first}-{last}"
+RUN_DIR = f"{RESULTS}/runs/{RUN_NAME}"
+
+TRAIN_JOBS = build_train_jobs(config)
+GRID_ENVS = sorted({job.env for job in TRAIN_JOBS})
+ENV_ANALYSIS = resolve_env_analysis(config, GRID_ENVS)
+check_analysis(config)
+PUBLISHED, PUBLISHED_SKIPPED = resolve_published(config)
+DESIGN_DIR = resolve_design_dir(config) if PUBLISHED else None
+
+if not TRAIN_JOBS and not PUBLISHED:
+    raise config_error(
+        "grid", "the study is empty: no training cells and no published zips to analyse"
+    )
+
+
+# ----------------------------------------------------------------------------- train helpers
+
+
+def get_train_runs():
+    """curves.parquet of every train job of the study."""
+    return [f"{RUN_DIR.format(**job._asdict())}/curves.parquet" for job in TRAIN_JOBS]
+
+
+def get_train_seeds(wildcards):
+    return ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
+
+
+def get_train_flags(wildcards):
+    """Engine flags of every training setting that is not in the path.
+
+    A params value, so changing any of them reruns the affected train jobs.
+    """
+    flags = []
+    for key, value in sorted(train_settings(wildcards.env).items()):
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags.append(f"--{name} {value}")
+    return " ".join(flags)
+
+
+def _n_seeds(wildcards):
+    return int(wildcards.last) - int(wildcards.first) + 1
+
+
+def get_train_mem_mb(wildcards):
+    res = config["resources"]["train"]
+    per_seed = res["mem_mb_per_seed"]
+    if per_seed == 0:
+        # replay (obs, next_obs, action, reward, mask at float32) with 100-float rows as a
+        # generous bound for the paper's tasks, doubled for the validation buffer
+        settings = train_settings(wildcards.env)
+        rows = settings["replay_size"] * (2 if settings["validation"] else 1)
+        per_seed = math.ceil(rows * 100 * 4 / 1e6)
+    return res["mem_mb_base"] + per_seed * _n_seeds(wildcards)
+
+
+def get_train_runtime(wildcards):
+    """Minutes: base + safety * updates * FLOPs per update / achieved FLOP/s."""
+    res = config["resources"]["train"]
+    settings = train_settings(wildcards.env)
+    updates = float(wildcards.utd) * settings["steps"] * _n_seeds(wildcards)
+    flops = 64.0 * int(wildcards.width) ** 2 * int(wildcards.batch_size) * updates
+    minutes = res["runtime_safety"] * flops / (res["runtime_gflops"] * 1e9) / 60.0
+    return int(res["runtime_base_min"] + math.ceil(minutes))
+
+
+# ----------------------------------------------------------------------------- analysis helpers
+
+
+def analysis_settings(stage):
+    """The analysis settings one stage reads (a params value: editing them reruns that stage
+    and what depends on it, never training)."""
+    analysis = config["analysis"]
+    envs = {
+        env: dict(values)
+        for env, values in sorted(ENV_ANALYSIS.items())
+    }
+    if stage == "crossings":
+        return {
+            "envs": {e: {k: v[k] for k in ("j_min", "j_max", "max_step")} for e, v in envs.items()},
+            "reset_interval": {"bro": config["train"]["reset_interval"] or None, "simbav2": None},
+            "thresholds": dict(analysis["thresholds"]),
+            "bootstrap": dict(analysis["bootstrap"]),
+            "batch_size": dict(analysis["batch_size"]),
+        }
+    if stage == "fits":
+        return {"fits": dict(analysis["fits"])}
+    if stage == "allocation":
+        return {
+            "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
+            "compute": dict(analysis["compute"]),
+            "budget": dict(analysis["budget"]),
+            "fits": dict(analysis["fits"]),
+        }
+    if stage == "evaluation":
+        return {
+            "compute": dict(analysis["compute"]),
+            "fits": dict(analysis["fits"]),
+            "bootstrap": dict(analysis["bootstrap"]),
+        }
+    if stage == "proposal":
+        return {
+            "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
+            "compute": dict(analysis["compute"]),
+            "proposal": dict(analysis["proposal"]),
+            "train": dict(config["train"]),
+        }
+    if stage == "figures":
+        return {"figures": dict(analysis["figures"])}
+    raise KeyError(stage)
+
+
+def get_curve_tables():
+    """Inputs of the merged curve table: own runs and each available published zip."""
+    tables = [f"{TABLES}/curves_own.parquet"] if TRAIN_JOBS else []
+    tables += [f"{TABLES}/published/{name}.parquet" for name in PUBLISHED]
+    return tables
+
+
+def get_design_tables():
+    if DESIGN_DIR is None:
+        return []
+    return sorted(str(p) for p in Path(DESIGN_DIR).glob("*.csv"))
+
+
+def _own(setting):
+    return bool(TRAIN_JOBS) and bool(config["train"][setting])
+
+
+def _grid_has_batch_sweeps():
+    """Some (env, agent, utd, width, lr) of the grid has >= min_batch_sizes batch sizes."""
+    need = config["analysis"]["batch_size"]["min_batch_sizes"]
+    counts = {}
+    for job in TRAIN_JOBS:
+        key = (job.env, job.agent, job.utd, job.width, job.lr)
+        counts.setdefault(key, set()).add(job.batch_size)
+    return any(len(sizes) >= need for sizes in counts.values())
+
+
+# Which named outputs a study can make: from own runs (left) or from published zips (right; all
+# of them are needed).
+OWN_SOURCES = {
+    "fit_errors": lambda: False,
+    "allocation_strategies": lambda: False,
+    "passive_critic_slopes": lambda: _own("passive_critic") and _own("validation"),
+    "fig_batch_size": _grid_has_batch_sweeps,
+    "fig_passive_critic": lambda: _own("passive_critic") and _own("validation"),
+    "fig_overfitting": lambda: _own("validation"),
+}
+PUBLISHED_SOURCES = {
+    "fit_errors": ["fitted_bs", "interpolated_bs", "extrapolated_bs"],
+    "allocation_strategies": ["compute_optimal", "utd_scaling_bl", "n_scaling_bl"],
+    "passive_critic_slopes": ["side_critic"],
+    "fig_batch_size": ["model_scaling_const_lr"],
+    "fig_passive_critic": ["side_critic"],
+    "fig_overfitting": ["side_critic"],
+}
+
+
+def is_available(output):
+    """Can this study make the named output? Decided when the DAG is built."""
+    for name, spec in config["published"]["zips"].items():
+        if output in spec["needed_by"] and name not in PUBLISHED:
+            return False
+    if output not in OWN_SOURCES:
+        return True
+    if OWN_SOURCES[output]():
+        return True
+    needed = PUBLISHED_SOURCES[output]
+    if output == "allocation_strategies" and DESIGN_DIR is None:
+        return False
+    return bool(PUBLISHED) and all(name in PUBLISHED for name in needed)
+
+
+def get_figure_inputs(wildcards):
+    """Named tables each figure is drawn from."""
+    tables = {
+        "curves": f"{TABLES}/curves.parquet",
+        "thresholds": f"{TABLES}/thresholds.csv",
+        "crossings": f"{TABLES}/crossings.parquet",
+        "best_batch_size": f"{TABLES}/best_batch_size.csv",
+        "fits_batch_size": f"{TABLES}/fits_batch_size.csv",
+        "fits_data_efficiency": f"{TABLES}/fits_data_efficiency.csv",
+        "compute_optimal": f"{TABLES}/compute_optimal.csv",
+        "budget_optimal": f"{TABLES}/budget_optimal.csv",
+        "budget_fits": f"{TABLES}/budget_fits.csv",
+        "passive_critic_slopes": f"{TABLES}/passive_critic_slopes.csv",
+    }
+    needs = {
+        "fig_scaling": ["crossings", "fits_data_efficiency", "compute_optimal"],
+        "fig_batch_size": ["best_batch_size", "fits_batch_size"],
+        "fig_data_efficiency": ["crossings", "fits_data_efficiency"],
+        "fig_budget": ["budget_optimal", "budget_fits"],
+        "fig_preprocessing": ["curves", "thresholds"],
+        "fig_passive_critic": ["curves", "passive_critic_slopes"],
+        "fig_overfitting": ["curves"],
+        "fig_learning_curves": ["curves", "thresholds"],
+    }
+    return {key: tables[key] for key in needs[wildcards.figure]}
+
+
+def get_final_output():
+    """Every product of the study that its data allows."""
+    products = [
+        f"{TABLES}/curves.parquet",
+        f"{TABLES}/crossings.parquet",
+        f"{TABLES}/thresholds.csv",
+        f"{TABLES}/best_batch_size.csv",
+        f"{TABLES}/fits_batch_size.csv",
+        f"{TABLES}/fits_data_efficiency.csv",
+        f"{TABLES}/compute_optimal.csv",
+        f"{TABLES}/budget_optimal.csv",
+        f"{TABLES}/budget_fits.csv",
+        f"{RESULTS}/proposal.yaml",
+    ]
+    products += [f"{TABLES}/{table}.csv" for table in EVALUATION_TABLES if is_available(table)]
+    for figure in FIGURES:
+        if is_available(figure):
+            products += [f"{FIGURES_DIR}/{figure}.pdf", f"{FIGURES_DIR}/{figure}.png"]
+    return products

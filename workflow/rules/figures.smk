@@ -1,0 +1,27 @@
+# The paper's figures, each as PDF and as PNG (the report embeds the PNGs).
+
+
+rule figure:
+    input:
+        unpack(get_figure_inputs),
+    output:
+        pdf=f"{FIGURES_DIR}/{{figure}}.pdf",
+        png=report(
+            f"{FIGURES_DIR}/{{figure}}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
+    log:
+        f"{LOGS}/figures/{{figure}}.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/{{figure}}.tsv"
+    params:
+        settings=analysis_settings("figures"),
+    resources:
+        mem_mb=config["resources"]["analysis"]["mem_mb"],
+        runtime=config["resources"]["analysis"]["runtime"],
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/figure.py"

@@ -1,0 +1,30 @@
+# One train job = the seeds of one block of one cell configuration (env, agent, utd, width,
+# batch size, lr), trained together in one process. Training settings that are not in the path
+# are params, so changing them reruns the job; an interrupted job resumes from the checkpoint the
+# engine keeps in the run folder.
+
+
+rule train:
+    output:
+        curves=f"{RUN_DIR}/curves.parquet",
+        run=f"{RUN_DIR}/run.json",
+    log:
+        f"{LOGS}/train/{RUN_NAME}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{RUN_NAME}.tsv"
+    params:
+        seeds=get_train_seeds,
+        settings=get_train_flags,
+        out_dir=lambda wildcards, output: os.path.dirname(output.curves),
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        mem_mb=get_train_mem_mb,
+        runtime=get_train_runtime,
+        gpu=config["resources"]["train"]["gpu"],
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m valuescale.train --env {wildcards.env} --agent {wildcards.agent}"
+        " --utd {wildcards.utd} --width {wildcards.width} --batch-size {wildcards.batch_size}"
+        " --lr {wildcards.lr} --seeds {params.seeds} {params.settings}"
+        " --out {params.out_dir} --threads {threads} > {log} 2>&1"

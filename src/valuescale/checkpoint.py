@@ -1,0 +1,121 @@
+"""Atomic checkpoints of a training run (everything needed to continue it bit for bit).
+
+Format (version ``FORMAT_VERSION``): one pickle file (protocol 5) holding a plain dict of Python
+scalars, lists, dicts, strings and numpy arrays; no JAX or flax objects, so it loads without the
+package's classes. The training loop stores:
+
+- ``format``: the format version; ``config``: ``TrainConfig.to_dict()``;
+- pytrees (agent states, replays, keys, metric accumulators) as ``tree_to_numpy(tree)``: the list
+  of leaves in ``jax.tree.leaves`` order, fetched with ``jax.device_get`` (typed PRNG keys stored
+  as their raw ``key_data``); ``tree_from_numpy(template, leaves)`` rebuilds them onto a freshly
+  built template of the same structure, checking every shape and dtype;
+- environment snapshots (``env.get_state()`` of every train/eval/validation env), counters, logged
+  rows and per-seed status.
+
+``save_checkpoint`` writes ``<path>.tmp`` (flushed and fsynced) and then ``os.replace``-s it onto
+``path``: a reader (or a run killed at any moment) sees either the previous checkpoint or the new
+one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pkl"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open ``<path>.tmp`` for binary writing; on success flush, fsync and ``os.replace`` it onto
+    ``path`` (on error the temporary file is removed and ``path`` is left untouched)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_open``)."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Atomically pickle ``payload`` (a dict; ``format`` is added) to ``path``."""
+    with atomic_open(path) as f:
+        pickle.dump({"format": FORMAT_VERSION, **payload}, f, protocol=5)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint``; ValueError naming the file if it is not
+    one (or of another format version)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            payload = pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"checkpoint {path} has format {found!r}, expected {FORMAT_VERSION}; "
+            "delete it to start over"
+        )
+    return payload
+
+
+def tree_to_numpy(tree: Any) -> list[np.ndarray]:
+    """The leaves of a JAX pytree as host numpy arrays (typed PRNG keys as raw key data)."""
+    import jax
+
+    leaves = []
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        leaves.append(np.asarray(jax.device_get(leaf)))
+    return leaves
+
+
+def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree") -> Any:
+    """Rebuild a pytree with ``template``'s structure from ``leaves`` (device arrays).
+
+    Raises ValueError (naming ``what``) when the number, shapes or dtypes of the leaves do not
+    match the template: the checkpoint belongs to a differently shaped run.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    template_leaves, treedef = jax.tree.flatten(template)
+    if len(template_leaves) != len(leaves):
+        raise ValueError(
+            f"checkpoint {what}: {len(leaves)} arrays, expected {len(template_leaves)}"
+        )
+    out = []
+    for i, (t, x) in enumerate(zip(template_leaves, leaves, strict=True)):
+        typed_key = isinstance(t, jax.Array) and jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key)
+        ref = jax.random.key_data(t) if typed_key else t
+        if tuple(np.shape(ref)) != tuple(x.shape) or np.dtype(ref.dtype) != x.dtype:
+            raise ValueError(
+                f"checkpoint {what}: leaf {i} has shape {x.shape} {x.dtype}, "
+                f"expected {tuple(np.shape(ref))} {np.dtype(ref.dtype)}"
+            )
+        arr = jnp.asarray(x)
+        if typed_key:
+            arr = jax.random.wrap_key_data(arr, impl=jax.random.key_impl(t))
+        out.append(arr)
+    return jax.tree.unflatten(treedef, out)

@@ -1,0 +1,883 @@
+"""The multi-seed training engine and its CLI: ``python -m valuescale.train --env cheetah-run ...``.
+
+One process trains all seeds of one cell (env x hyperparameters). The agent states and replays
+carry a leading seed axis; every env step is ONE jitted, vmapped call with the carry donated::
+
+    insert the transition -> update_n (n = updates due now, static) -> next actions
+
+(only the next actions come back to the host). Per-step update counts follow
+``TrainConfig.updates_at`` (fractional UTD: the update variant every 1/sigma steps, an
+insert-and-act variant otherwise). Warm-up steps use uniform random actions and no updates.
+
+Schedule at env step t (after the fused call): validation step (every ``validation_every``) ->
+training-metric flush (every ``log_interval``: per-seed means over the interval, fetched from the
+device) -> deterministic evaluation (every ``eval_interval`` and at the end) -> reset (every
+``round(reset_interval / utd)`` env steps: all networks and optimiser states re-initialised with
+new per-seed keys; the replay is kept) -> checkpoint (every ``checkpoint_every``).
+
+Per-seed randomness depends only on the seed value: agent init/reset keys
+``fold_in(fold_in(PRNGKey(seed), 1), reset_index)``, the action key ``fold_in(PRNGKey(seed), 2)``,
+the validation action key ``fold_in(PRNGKey(seed), 3)``, and env seeds drawn from
+``SeedSequence(seed, spawn_key=(stream, index))`` (0: train env, 1: eval env ``index``, 2:
+validation env). So seed 3 follows the same random streams alone or next to other seeds; results
+agree up to floating-point differences from batching the seeds in one XLA computation (the
+warm-up transitions, which involve no network, are identical).
+
+Divergence: a seed whose critic or actor loss becomes non-finite (or whose action does) is marked
+``diverged`` at that env step; from there on it contributes no rows (rows at steps >= the divergence
+step are dropped, so no NaN is ever averaged into a logged value), is not evaluated and its env is
+stepped with zero actions. Other seeds are unaffected (independent under vmap).
+
+Outputs (written atomically: temporary file + ``os.replace``): ``curves.parquet`` (long format,
+columns ``CURVE_COLUMNS``) and ``run.json`` (resolved config, versions, critic_params, counters,
+wall time, reset steps, per-seed status). While running, both are refreshed at every checkpoint
+with ``"complete": false``. ``checkpoint.pkl`` (see ``valuescale.checkpoint``) holds everything to
+continue bit for bit; starting a run in an out_dir with a checkpoint resumes from it (a config that
+differs in anything but ``steps``/``checkpoint_every`` is an error); it is deleted when the run
+completes. Starting a run in an out_dir with a complete run.json of the same config returns that
+summary without training.
+
+JAX is imported lazily (inside functions) so that the CLI can pin the process to ``--threads``
+cores before JAX starts its thread pools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from valuescale.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+    tree_from_numpy,
+    tree_to_numpy,
+)
+from valuescale.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, field_docs
+
+log = logging.getLogger("valuescale.train")
+
+CURVE_COLUMNS: tuple[str, ...] = (
+    "env",
+    "agent",
+    "utd",
+    "width",
+    "critic_params",
+    "batch_size",
+    "lr",
+    "seed",
+    "step",
+    "metric",
+    "value",
+)
+"""Columns of ``curves.parquet``, in order."""
+
+TRAIN_METRICS: tuple[str, ...] = ("critic_loss", "actor_loss", "temperature", "q_mean", "entropy")
+"""Training metrics logged every ``log_interval`` env steps (interval means over updates)."""
+
+VERSION_PACKAGES: tuple[str, ...] = (
+    "valuescale",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "dm_control",
+    "mujoco",
+    "numpy",
+    "pandas",
+)
+
+# Random streams per seed (see the module docstring).
+_KEY_INIT, _KEY_ACT, _KEY_VAL = 1, 2, 3
+_ENV_TRAIN, _ENV_EVAL, _ENV_VAL = 0, 1, 2
+
+
+def env_seed(seed: int, stream: int, index: int = 0) -> int:
+    """The dm_control/gymnasium seed of env ``index`` of ``stream`` for training seed ``seed``."""
+    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0])
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that determine a run's numbers."""
+    out: dict[str, str | None] = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _metric_names(cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training metrics, validation metrics) logged for ``cfg``."""
+    train = TRAIN_METRICS + (("passive_critic_loss",) if cfg.passive_critic else ())
+    val: tuple[str, ...] = ()
+    if cfg.validation:
+        val = ("validation_critic_loss",)
+        if cfg.passive_critic:
+            val += ("passive_validation_critic_loss",)
+    return train, val
+
+
+# --------------------------------------------------------------------------- device functions
+
+
+class _Device:
+    """The jitted, vmapped device functions of one run (built once; JAX imported here)."""
+
+    def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        from valuescale.agents import bro
+        from valuescale.replay import replay_init, replay_insert, replay_sample, stack_seeds
+
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.bcfg = cfg.bro_config()
+        self.n_seeds = len(cfg.seeds)
+        self.train_metrics, self.val_metrics = _metric_names(cfg)
+        self._jax, self._jnp, self._bro = jax, jnp, bro
+        self._replay_init, self._stack = replay_init, stack_seeds
+        bcfg, d = self.bcfg, obs_dim
+        vinsert = jax.vmap(replay_insert)
+
+        def next_action(agent, key, obs, policy: bool):
+            keys = jax.vmap(jax.random.split)(key)
+            key, k_act = keys[:, 0], keys[:, 1]
+            if policy:
+                action = jax.vmap(lambda s, o, k: bro.act(s, o, k, False))(agent, obs, k_act)
+            else:
+                action = jax.vmap(
+                    lambda k: jax.random.uniform(k, (act_dim,), jnp.float32, -1.0, 1.0)
+                )(k_act)
+            return key, action
+
+        def fused(carry, packed, n: int, policy: bool):
+            reward, mask = packed[:, 0], packed[:, 1]
+            next_obs, policy_obs = packed[:, 2 : 2 + d], packed[:, 2 + d :]
+            replay = vinsert(carry["replay"], carry["obs"], carry["action"], reward, mask, next_obs)
+            t = carry["t"] + 1
+            agent, sums, count, bad = carry["agent"], carry["sums"], carry["count"], carry["bad"]
+            if n > 0:
+                agent, info = jax.vmap(lambda s, r: bro.update_n(s, r, bcfg, n))(agent, replay)
+                finite = jnp.isfinite(info["critic_loss"]) & jnp.isfinite(info["actor_loss"])
+                bad = jnp.where((bad < 0) & ~finite, t, bad)
+                sums = {k: sums[k] + info[k] * n for k in sums}
+                count = count + n
+            key, action = next_action(agent, carry["key"], policy_obs, policy)
+            return dict(
+                carry,
+                agent=agent,
+                replay=replay,
+                obs=policy_obs,
+                action=action,
+                key=key,
+                t=t,
+                sums=sums,
+                count=count,
+                bad=bad,
+            )
+
+        def refresh_action(carry, policy: bool):
+            key, action = next_action(carry["agent"], carry["key"], carry["obs"], policy)
+            return dict(carry, key=key, action=action)
+
+        def val_act(val, agent, policy: bool):
+            key, action = next_action(agent, val["key"], val["obs"], policy)
+            return dict(val, key=key, action=action)
+
+        def val_insert(val, agent, packed, compute_loss: bool):
+            reward, mask = packed[:, 0], packed[:, 1]
+            next_obs, new_obs = packed[:, 2 : 2 + d], packed[:, 2 + d :]
+            replay = vinsert(val["replay"], val["obs"], val["action"], reward, mask, next_obs)
+            out = dict(val, replay=replay, obs=new_obs)
+            if compute_loss:
+                keys = jax.vmap(jax.random.split)(val["key"])
+                batch = jax.vmap(lambda r, k: replay_sample(r, k, bcfg.batch_size))(
+                    replay, keys[:, 1]
+                )
+                info = jax.vmap(lambda s, b: bro.td_losses(s, b, bcfg))(agent, batch)
+                named = {"validation_critic_loss": info["critic_loss"]}
+                if "passive_critic_loss" in info:
+                    named["passive_validation_critic_loss"] = info["passive_critic_loss"]
+                out["key"] = keys[:, 0]
+                out["sums"] = {k: val["sums"][k] + named[k] for k in val["sums"]}
+                out["count"] = val["count"] + 1
+            return out
+
+        dummy = jax.random.PRNGKey(0)
+
+        def eval_act(agent, obs):
+            return jax.vmap(lambda s, o: bro.act(s, o, dummy, True))(agent, obs)
+
+        self._fused = {
+            (n, p): jax.jit(lambda c, x, n=n, p=p: fused(c, x, n, p), donate_argnums=0)
+            for n in (0, *cfg.update_counts)
+            for p in (False, True)
+        }
+        self._refresh = {
+            p: jax.jit(lambda c, p=p: refresh_action(c, p), donate_argnums=0) for p in (0, 1)
+        }
+        self._val_act = {
+            p: jax.jit(lambda v, a, p=p: val_act(v, a, p), donate_argnums=0) for p in (0, 1)
+        }
+        self._val_insert = {
+            c: jax.jit(lambda v, a, x, c=c: val_insert(v, a, x, c), donate_argnums=0)
+            for c in (0, 1)
+        }
+        self.eval_act = jax.jit(eval_act)
+
+    # ----------------------------------------------------------------- builders
+
+    def seed_keys(self, stream: int, index: int | None = None) -> Any:
+        """[S, 2] raw keys ``fold_in(PRNGKey(seed), stream)`` (then ``index`` if given)."""
+        jax = self._jax
+        keys = []
+        for seed in self.cfg.seeds:
+            k = jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+            if index is not None:
+                k = jax.random.fold_in(k, index)
+            keys.append(k)
+        return self._jnp.stack(keys)
+
+    def init_agent(self, reset_index: int) -> Any:
+        """Freshly initialised agent states (seed axis) for the ``reset_index``-th (re)start."""
+        keys = self.seed_keys(_KEY_INIT, reset_index)
+        return self._bro.init_seeds(keys, self.obs_dim, self.act_dim, self.bcfg)
+
+    def zero_sums(self, names: Sequence[str]) -> dict[str, Any]:
+        """Per-seed zero accumulators for ``names``."""
+        return {k: self._jnp.zeros((self.n_seeds,), self._jnp.float32) for k in names}
+
+    def zero(self) -> Any:
+        """An int32 zero scalar on the device (counters)."""
+        return self._jnp.zeros((), self._jnp.int32)
+
+    def init_carry(self, obs: np.ndarray) -> dict[str, Any]:
+        """The training carry at env step 0 (no pending action yet)."""
+        jnp = self._jnp
+        replay = self._replay_init(self.cfg.replay_size, self.obs_dim, self.act_dim)
+        return {
+            "agent": self.init_agent(0),
+            "replay": self._stack([replay] * self.n_seeds),
+            "obs": jnp.asarray(obs, jnp.float32),
+            "action": jnp.zeros((self.n_seeds, self.act_dim), jnp.float32),
+            "key": self.seed_keys(_KEY_ACT),
+            "t": jnp.zeros((), jnp.int32),
+            "sums": self.zero_sums(self.train_metrics),
+            "count": jnp.zeros((), jnp.int32),
+            "bad": jnp.full((self.n_seeds,), -1, jnp.int32),
+        }
+
+    def init_val(self, obs: np.ndarray) -> dict[str, Any]:
+        """The validation carry (held-out replay of the validation envs)."""
+        jnp = self._jnp
+        capacity = max(
+            self.cfg.batch_size, math.ceil(self.cfg.replay_size / self.cfg.validation_every)
+        )
+        replay = self._replay_init(capacity, self.obs_dim, self.act_dim)
+        return {
+            "replay": self._stack([replay] * self.n_seeds),
+            "obs": jnp.asarray(obs, jnp.float32),
+            "action": jnp.zeros((self.n_seeds, self.act_dim), jnp.float32),
+            "key": self.seed_keys(_KEY_VAL),
+            "sums": self.zero_sums(self.val_metrics),
+            "count": jnp.zeros((), jnp.int32),
+        }
+
+    # ----------------------------------------------------------------- calls
+
+    def fused(self, carry: dict, packed: np.ndarray, n: int, policy: bool) -> dict:
+        """Insert the transition, run ``n`` updates, compute the next actions (donates carry)."""
+        return self._fused[(n, policy)](carry, packed)
+
+    def refresh(self, carry: dict, policy: bool) -> dict:
+        """Recompute the pending actions with the current agent (after a reset)."""
+        return self._refresh[int(policy)](carry)
+
+    def val_act(self, val: dict, agent: Any, policy: bool) -> dict:
+        """Compute the validation envs' next actions."""
+        return self._val_act[int(policy)](val, agent)
+
+    def val_insert(self, val: dict, agent: Any, packed: np.ndarray, compute_loss: bool) -> dict:
+        """Insert validation transitions (and accumulate validation TD losses)."""
+        return self._val_insert[int(compute_loss)](val, agent, packed)
+
+    def critic_params(self, agent: Any) -> tuple[int, int]:
+        """(critic, passive critic) parameter counts from seed 0's parameter tree."""
+        one = self._jax.tree.map(lambda x: x[0], agent)
+        return self._bro.critic_param_count(one), self._bro.passive_critic_param_count(one)
+
+    def fetch(self, tree: Any) -> Any:
+        """``jax.device_get`` (host numpy)."""
+        return self._jax.device_get(tree)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Run:
+    """Host side of one training run (envs, counters, logs) around the device carry."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, progress: bool | None) -> None:
+        from valuescale.envs import make_env
+
+        self.cfg, self.out_dir = cfg, out_dir
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        seeds = cfg.seeds
+        self.n_seeds = len(seeds)
+        mk = cfg.max_episode_steps
+        self.envs = [make_env(cfg.env, env_seed(s, _ENV_TRAIN), mk) for s in seeds]
+        self.eval_envs = [
+            [make_env(cfg.env, env_seed(s, _ENV_EVAL, e), mk) for e in range(cfg.eval_episodes)]
+            for s in seeds
+        ]
+        self.val_envs = (
+            [make_env(cfg.env, env_seed(s, _ENV_VAL), mk) for s in seeds] if cfg.validation else []
+        )
+        self.obs_dim, self.act_dim = self.envs[0].obs_dim, self.envs[0].act_dim
+        self.dev = _Device(cfg, self.obs_dim, self.act_dim)
+        self.train_metrics, self.val_metrics = _metric_names(cfg)
+        # Host state (all of it goes into the checkpoint).
+        self.t = 0
+        self.grad_steps = 0
+        self.resets: list[int] = []
+        self.diverged: dict[int, int] = {}  # seed index -> env step
+        self.rows: dict[str, list] = {"seed": [], "step": [], "metric": [], "value": []}
+        self.wall_before = 0.0
+        self.resumed_at: list[int] = []
+        self.last_return: float | None = None
+        self._nan_at = None
+        if cfg._debug_nan_reward is not None:
+            seed, step = cfg._debug_nan_reward
+            self._nan_at = (seeds.index(seed), int(step))
+
+    # ----------------------------------------------------------------- helpers
+
+    def _policy(self, t: int) -> bool:
+        """Whether the action for env step index ``t`` (0-based) comes from the policy."""
+        return t >= self.cfg.warmup_steps
+
+    def _updates_after(self, t: int) -> int:
+        """Gradient updates after env step index ``t`` (0-based)."""
+        k = t - self.cfg.warmup_steps
+        return self.cfg.updates_at(k) if k >= 0 else 0
+
+    def _add_rows(self, seed_index: int, step: int, metric: str, value: float) -> None:
+        self.rows["seed"].append(self.cfg.seeds[seed_index])
+        self.rows["step"].append(step)
+        self.rows["metric"].append(metric)
+        self.rows["value"].append(float(value))
+
+    def _mark_diverged(self, seed_index: int, step: int) -> None:
+        if seed_index not in self.diverged or step < self.diverged[seed_index]:
+            if seed_index not in self.diverged:
+                log.warning("seed %d diverged at env step %d", self.cfg.seeds[seed_index], step)
+            self.diverged[seed_index] = step
+
+    def _sync_divergence(self) -> None:
+        bad = np.asarray(self.dev.fetch(self.carry["bad"]))
+        for i, b in enumerate(bad):
+            if b >= 0:
+                self._mark_diverged(i, int(b))
+
+    def _flush(self) -> None:
+        """Log the per-seed interval means of the training (and validation) metrics."""
+        carry = self.carry
+        sums, count = self.dev.fetch((carry["sums"], carry["count"]))
+        self._sync_divergence()
+        groups = [(sums, int(count), self.train_metrics)]
+        if self.cfg.validation:
+            vsums, vcount = self.dev.fetch((self.val["sums"], self.val["count"]))
+            groups.append((vsums, int(vcount), self.val_metrics))
+        for group_sums, group_count, names in groups:
+            if group_count == 0:
+                continue
+            for i in range(self.n_seeds):
+                values = [float(group_sums[k][i]) / group_count for k in names]
+                if not all(math.isfinite(v) for v in values):
+                    self._mark_diverged(i, self.t)
+                if i in self.diverged:
+                    continue
+                for k, v in zip(names, values, strict=True):
+                    self._add_rows(i, self.t, k, v)
+        self.carry = dict(carry, sums=self.dev.zero_sums(self.train_metrics), count=self.dev.zero())
+        if self.cfg.validation:
+            self.val = dict(
+                self.val, sums=self.dev.zero_sums(self.val_metrics), count=self.dev.zero()
+            )
+
+    def _evaluate(self) -> None:
+        """Deterministic evaluation: ``eval_episodes`` episodes per (non-diverged) seed."""
+        self._sync_divergence()
+        S, E = self.n_seeds, self.cfg.eval_episodes
+        obs = np.zeros((S, E, self.obs_dim), np.float32)
+        done = np.ones((S, E), bool)
+        returns = np.zeros((S, E), np.float64)
+        active = [i for i in range(S) if i not in self.diverged]
+        for i in active:
+            for e in range(E):
+                obs[i, e] = self.eval_envs[i][e].reset()
+                done[i, e] = False
+        agent = self.carry["agent"]
+        while not done.all():
+            actions = np.asarray(self.dev.eval_act(agent, obs))
+            for i in active:
+                if done[i].all():
+                    continue
+                if not np.isfinite(actions[i]).all():
+                    self._mark_diverged(i, self.t)
+                    done[i] = True
+                    continue
+                for e in range(E):
+                    if done[i, e]:
+                        continue
+                    o, r, terminated, truncated = self.eval_envs[i][e].step(actions[i, e])
+                    obs[i, e] = o
+                    returns[i, e] += r
+                    done[i, e] = terminated or truncated
+        means = []
+        for i in active:
+            if i not in self.diverged:
+                self._add_rows(i, self.t, "return", returns[i].mean())
+                means.append(returns[i].mean())
+        self.last_return = float(np.mean(means)) if means else None
+
+    def _reset_agent(self) -> None:
+        self.resets.append(self.t)
+        self.carry = dict(self.carry, agent=self.dev.init_agent(len(self.resets)))
+        self.carry = self.dev.refresh(self.carry, self._policy(self.t))
+
+    # ----------------------------------------------------------------- state
+
+    def _fresh_start(self) -> None:
+        obs = np.stack([env.reset() for env in self.envs])
+        self.carry = self.dev.refresh(self.dev.init_carry(obs), self._policy(0))
+        if self.cfg.validation:
+            vobs = np.stack([env.reset() for env in self.val_envs])
+            self.val = self.dev.init_val(vobs)
+
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "t": self.t,
+            "grad_steps": self.grad_steps,
+            "resets": list(self.resets),
+            "diverged": dict(self.diverged),
+            "rows": {k: list(v) for k, v in self.rows.items()},
+            "wall_time_s": self.wall_before + (time.perf_counter() - self._t0),
+            "resumed_at": list(self.resumed_at),
+            "last_return": self.last_return,
+            "carry": tree_to_numpy(self.carry),
+            "val": tree_to_numpy(self.val) if self.cfg.validation else None,
+            "envs": [env.get_state() for env in self.envs],
+            "eval_envs": [[env.get_state() for env in row] for row in self.eval_envs],
+            "val_envs": [env.get_state() for env in self.val_envs],
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        zero_obs = np.zeros((self.n_seeds, self.obs_dim), np.float32)
+        self.carry = tree_from_numpy(self.dev.init_carry(zero_obs), ckpt["carry"], "carry")
+        if self.cfg.validation:
+            self.val = tree_from_numpy(self.dev.init_val(zero_obs), ckpt["val"], "validation")
+        for env, state in zip(self.envs, ckpt["envs"], strict=True):
+            env.set_state(state)
+        for row, states in zip(self.eval_envs, ckpt["eval_envs"], strict=True):
+            for env, state in zip(row, states, strict=True):
+                env.set_state(state)
+        for env, state in zip(self.val_envs, ckpt["val_envs"], strict=True):
+            env.set_state(state)
+        self.t = int(ckpt["t"])
+        self.grad_steps = int(ckpt["grad_steps"])
+        self.resets = list(ckpt["resets"])
+        self.diverged = {int(k): int(v) for k, v in ckpt["diverged"].items()}
+        self.rows = {k: list(v) for k, v in ckpt["rows"].items()}
+        self.wall_before = float(ckpt["wall_time_s"])
+        self.resumed_at = list(ckpt["resumed_at"]) + [self.t]
+        self.last_return = ckpt["last_return"]
+
+    # ----------------------------------------------------------------- outputs
+
+    def _summary(self, complete: bool) -> dict[str, Any]:
+        wall = self.wall_before + (time.perf_counter() - self._t0)
+        seeds = {}
+        for i, seed in enumerate(self.cfg.seeds):
+            if i in self.diverged:
+                seeds[str(seed)] = {"status": "diverged", "diverged_at_step": self.diverged[i]}
+            else:
+                seeds[str(seed)] = {"status": "ok"}
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            affinity = os.cpu_count()
+        return {
+            "complete": complete,
+            "config": self.cfg.to_dict(),
+            "versions": package_versions(),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "critic_params": self.critic_params,
+            "passive_critic_params": self.passive_params,
+            "env_steps": self.t,
+            "gradient_steps": self.grad_steps,
+            "reset_steps": list(self.resets),
+            "wall_time_s": wall,
+            "env_steps_per_s": self.t / wall if wall > 0 else None,
+            "resumed_at_steps": list(self.resumed_at),
+            "seeds": seeds,
+            "cpu_cores": affinity,
+            "platform": self.dev._jax.default_backend(),
+        }
+
+    def _curves(self) -> Any:
+        import pandas as pd
+
+        cfg = self.cfg
+        df = pd.DataFrame(
+            {
+                "seed": np.asarray(self.rows["seed"], np.int64),
+                "step": np.asarray(self.rows["step"], np.int64),
+                "metric": pd.Series(self.rows["metric"], dtype=object),
+                "value": np.asarray(self.rows["value"], np.float64),
+            }
+        )
+        keep = np.ones(len(df), bool)
+        for i, step in self.diverged.items():
+            keep &= ~((df["seed"].to_numpy() == cfg.seeds[i]) & (df["step"].to_numpy() >= step))
+        df = df[keep]
+        constants = {
+            "env": cfg.env,
+            "agent": cfg.agent,
+            "utd": float(cfg.utd),
+            "width": int(cfg.critic_width),
+            "critic_params": int(self.critic_params),
+            "batch_size": int(cfg.batch_size),
+            "lr": float(cfg.lr),
+        }
+        for k, v in constants.items():
+            df[k] = v
+        df = df.sort_values(["seed", "metric", "step"], kind="stable").reset_index(drop=True)
+        return df[list(CURVE_COLUMNS)]
+
+    def _write_outputs(self, complete: bool) -> dict[str, Any]:
+        summary = self._summary(complete)
+        buf = io.BytesIO()
+        self._curves().to_parquet(buf, index=False)
+        atomic_write_bytes(self.out_dir / "curves.parquet", buf.getvalue())
+        text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+        atomic_write_bytes(self.out_dir / "run.json", text.encode())
+        return summary
+
+    # ----------------------------------------------------------------- main loop
+
+    def run(self, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = self.cfg
+        self._t0 = time.perf_counter()
+        if ckpt is None:
+            self._fresh_start()
+        else:
+            self._restore(ckpt)
+            log.info("resumed %s from env step %d", self.out_dir, self.t)
+        self.critic_params, self.passive_params = self.dev.critic_params(self.carry["agent"])
+        eval_steps = set(cfg.eval_steps())
+        reset_steps = set(cfg.reset_steps())
+        ckpt_path = self.out_dir / CHECKPOINT_NAME
+        S, d = self.n_seeds, self.obs_dim
+        packed = np.zeros((S, 2 + 2 * d), np.float32)
+        vpacked = np.zeros((S, 2 + 2 * d), np.float32)
+        bar = self._progress_bar()
+        t_log, t_start, g_start = time.perf_counter(), self.t, self.grad_steps
+        while self.t < cfg.steps:
+            actions = np.asarray(self.carry["action"])
+            self._step_envs(self.envs, actions, packed, self.t + 1)
+            if self._nan_at is not None and self._nan_at[1] == self.t + 1:
+                packed[self._nan_at[0], 0] = np.nan
+            n = self._updates_after(self.t)
+            self.carry = self.dev.fused(self.carry, packed, n, self._policy(self.t + 1))
+            self.t += 1
+            self.grad_steps += n
+            t = self.t
+            if cfg.validation and t % cfg.validation_every == 0:
+                self._validation_step(vpacked)
+            if t % cfg.log_interval == 0 or t == cfg.steps:
+                self._flush()
+            if t in eval_steps:
+                self._evaluate()
+            if t in reset_steps:
+                self._reset_agent()
+            if cfg.checkpoint_every and t % cfg.checkpoint_every == 0 and t < cfg.steps:
+                save_checkpoint(ckpt_path, self._checkpoint_payload())
+                self._write_outputs(complete=False)
+            if bar is not None and (t % 100 == 0 or t == cfg.steps):
+                dt = time.perf_counter() - t_log
+                bar.update(t - bar.n)
+                bar.set_postfix(
+                    env_steps_s=f"{(t - t_start) / max(dt, 1e-9):.0f}",
+                    updates_s=f"{(self.grad_steps - g_start) / max(dt, 1e-9):.0f}",
+                    eval_return="-" if self.last_return is None else f"{self.last_return:.1f}",
+                    refresh=False,
+                )
+            elif bar is None and t in eval_steps:
+                dt = time.perf_counter() - t_log
+                log.info(
+                    "%s step %d/%d  %.0f env steps/s  %.0f updates/s  eval return %s",
+                    cfg.env,
+                    t,
+                    cfg.steps,
+                    (t - t_start) / max(dt, 1e-9),
+                    (self.grad_steps - g_start) / max(dt, 1e-9),
+                    "-" if self.last_return is None else f"{self.last_return:.1f}",
+                )
+        if bar is not None:
+            bar.close()
+        summary = self._write_outputs(complete=True)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+        return summary
+
+    def _step_envs(
+        self, envs: Sequence, actions: np.ndarray, packed: np.ndarray, step: int
+    ) -> None:
+        """Step ``envs`` with ``actions`` and pack (reward, mask, next_obs, policy_obs) per seed."""
+        d = self.obs_dim
+        for i, env in enumerate(envs):
+            a = actions[i]
+            if i in self.diverged:
+                a = np.zeros_like(a)
+            elif not np.isfinite(a).all():
+                self._mark_diverged(i, step)
+                a = np.zeros_like(a)
+            obs, reward, terminated, truncated = env.step(a)
+            packed[i, 0] = reward
+            packed[i, 1] = 0.0 if terminated else 1.0
+            packed[i, 2 : 2 + d] = obs
+            packed[i, 2 + d :] = env.reset() if (terminated or truncated) else obs
+
+    def _validation_step(self, vpacked: np.ndarray) -> None:
+        policy = self._policy(self.t)
+        agent = self.carry["agent"]
+        self.val = self.dev.val_act(self.val, agent, policy)
+        actions = np.asarray(self.val["action"])
+        self._step_envs(self.val_envs, actions, vpacked, self.t)
+        self.val = self.dev.val_insert(self.val, agent, vpacked, self.grad_steps > 0)
+
+    def _progress_bar(self) -> Any:
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.cfg.steps,
+            initial=self.t,
+            unit="step",
+            desc=f"{self.cfg.env} utd={self.cfg.utd:g} W={self.cfg.critic_width}",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+
+class OutDirConflict(ValueError):
+    """The output directory holds a checkpoint or a finished run that this config cannot use."""
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], what: Path) -> None:
+    current = cfg.to_dict()
+    differ = sorted(
+        k
+        for k in set(current) | set(saved)
+        if k not in RESUMABLE_CHANGES and current.get(k) != saved.get(k)
+    )
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} there vs {current.get(k)!r} now" for k in differ)
+        raise OutDirConflict(
+            f"{what} was written by a run with a different config ({detail}); "
+            "use another output directory or delete it"
+        )
+
+
+def run_training(
+    cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool | None = None
+) -> dict[str, Any]:
+    """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
+    summary (the content of run.json).
+
+    Resumes from ``out_dir/checkpoint.pkl`` when present; returns the existing summary when
+    ``out_dir`` already holds a complete run of the same config. ``progress``: tqdm bar (True),
+    log lines (False) or a bar only when stderr is a TTY (None).
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"run_training: cfg must be a TrainConfig, got {type(cfg).__name__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    run_json = out / "run.json"
+    ckpt = None
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resumable(cfg, ckpt["config"], ckpt_path)
+        if cfg.steps < int(ckpt["t"]):
+            raise OutDirConflict(
+                f"steps ({cfg.steps}) is below the checkpoint's env step {ckpt['t']} in {ckpt_path}"
+            )
+    elif run_json.exists():
+        try:
+            previous = json.loads(run_json.read_text())
+        except json.JSONDecodeError as e:
+            raise OutDirConflict(f"{run_json} is not valid JSON ({e}); delete it") from e
+        if previous.get("complete"):
+            _check_resumable(cfg, previous.get("config", {}), run_json)
+            if previous["config"]["steps"] == cfg.steps:
+                log.info("%s already holds a complete run; nothing to do", out)
+                return previous
+            raise OutDirConflict(
+                f"{run_json} holds a complete run of {previous['config']['steps']} steps "
+                f"(asked for {cfg.steps}); a finished run cannot be extended (no checkpoint)"
+            )
+    return _Run(cfg, out, progress).run(ckpt)
+
+
+# --------------------------------------------------------------------------- CLI
+
+_FLAG_FIELDS: dict[str, str] = {"critic_width": "--width", "seeds": "--seeds"}
+
+
+def _flag(field_name: str) -> str:
+    return _FLAG_FIELDS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    """``0,1,2`` or ``0-4`` (inclusive range) or a mix: ``0-2,7``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise argparse.ArgumentTypeError(f"empty range {part!r}")
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated ints or ranges like 0-4, got {text!r}"
+            ) from None
+    return tuple(seeds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser: one flag per ``TrainConfig`` field plus --out, --threads, --progress."""
+    docs = field_docs()
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    parser = argparse.ArgumentParser(
+        prog="python -m valuescale.train",
+        description="Train BRO on one environment for several seeds in one process (vmapped "
+        "over seeds) and write curves.parquet + run.json to --out. Resumes from --out's "
+        "checkpoint when there is one.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="pin the process to this many CPU cores before JAX starts (default: all allowed)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tqdm progress bar (default: only when stderr is a terminal; else log lines)",
+    )
+    types: dict[str, Callable[[str], Any]] = {"seeds": _parse_seeds}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name.startswith("_"):
+            continue
+        default = defaults[f.name]
+        kwargs: dict[str, Any] = {"help": docs.get(f.name, ""), "dest": f.name}
+        if f.name == "env":
+            kwargs.update(required=True)
+        elif isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        elif f.name in types:
+            kwargs.update(type=types[f.name], default=default)
+            kwargs["help"] += " Comma-separated, ranges allowed (0-4)."
+        elif isinstance(default, int):
+            kwargs.update(type=int, default=default)
+        elif isinstance(default, float):
+            kwargs.update(type=float, default=default)
+        else:
+            kwargs.update(type=str, default=default)
+        parser.add_argument(_flag(f.name), **kwargs)
+    return parser
+
+
+def pin_threads(n: int) -> list[int]:
+    """Restrict this process to the first ``n`` of its allowed CPU cores (before importing JAX:
+    XLA's thread flags do not limit JAX 0.10 on CPU, CPU affinity does)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if n < 1 or n > len(allowed):
+        raise ValueError(f"must be between 1 and the {len(allowed)} allowed cores, got {n}")
+    cores = allowed[:n]
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (``python -m valuescale.train``); returns the exit code."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    out, threads, progress = args.pop("out"), args.pop("threads"), args.pop("progress")
+    try:
+        cfg = TrainConfig(**args)
+    except ConfigError as e:
+        message = str(e).split(": ", 1)[-1]
+        parser.error(f"argument {_flag(e.field)}: {message}")
+    if threads is not None:
+        if "jax" in sys.modules:
+            parser.error("argument --threads: JAX was imported before the cores could be pinned")
+        try:
+            pin_threads(threads)
+        except ValueError as e:
+            parser.error(f"argument --threads: {e}")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        summary = run_training(cfg, out, progress=progress)
+    except OutDirConflict as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    status = {s: v["status"] for s, v in summary["seeds"].items()}
+    log.info(
+        "done: %d env steps, %d gradient steps, %.1f s; seeds %s",
+        summary["env_steps"],
+        summary["gradient_steps"],
+        summary["wall_time_s"],
+        status,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

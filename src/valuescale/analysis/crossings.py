@@ -212,8 +212,9 @@ def crossing_tables(
         ValueError: a configuration has no thresholds (naming it), or two curves share a key.
     """
     by, lookup = _threshold_lookup(thresholds)
-    rows: list[pd.DataFrame] = []
-    boot_rows: list[pd.DataFrame] = []
+    keys: list[dict[str, object]] = []
+    stats: list[dict[str, np.ndarray]] = []
+    boots: list[np.ndarray] = []
     seen: set[tuple] = set()
     for curve in curves:
         key_tuple = tuple(curve.key[k] for k in CONFIG_KEYS)
@@ -227,65 +228,71 @@ def crossing_tables(
                 f"(configuration {curve.key})"
             )
         levels = lookup[select]
-        n_levels = len(levels)
         full = crossing_steps(curve.steps, isotonic(seed_mean(curve.returns)), levels)  # [J]
         boot = bootstrap_crossings(
             curve.steps, curve.returns, levels, n_boot, _key_seed(seed, curve.key)
-        )
+        )  # [K, J]
         n_finite = np.sum(~np.isnan(boot), axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             boot_mean = np.nansum(boot, axis=0) / np.maximum(n_finite, 1)
             boot_var = np.nansum((boot - boot_mean) ** 2, axis=0) / (n_finite - 1)
-        d_std = np.where(n_finite >= 2, np.sqrt(boot_var), np.nan)
-        frame = pd.DataFrame(
+        keys.append({k: curve.key[k] for k in CONFIG_KEYS})
+        stats.append(
             {
-                "threshold_idx": np.arange(n_levels, dtype=np.int64),
+                "threshold_idx": np.arange(len(levels), dtype=np.int64),
                 "threshold": levels,
                 "D": full,
-                "D_std": d_std,
+                "D_std": np.where(n_finite >= 2, np.sqrt(boot_var), np.nan),
                 "D_boot_nan_frac": 1.0 - n_finite / n_boot,
             }
         )
-        boot_frame = pd.DataFrame(
-            {
-                "threshold_idx": np.tile(np.arange(n_levels, dtype=np.int64), n_boot),
-                "threshold": np.tile(levels, n_boot),
-                "boot_idx": np.repeat(np.arange(n_boot, dtype=np.int64), n_levels),
-                "D": boot.reshape(-1),
-            }
-        )
-        for k in reversed(CONFIG_KEYS):
-            frame.insert(0, k, curve.key[k])
-            boot_frame.insert(0, k, curve.key[k])
-        rows.append(frame)
-        boot_rows.append(boot_frame)
-    crossings = _finish(rows, CROSSING_COLUMNS)
-    bootstrap = _finish(boot_rows, BOOTSTRAP_COLUMNS)
+        boots.append(boot)
+    crossings = _assemble(keys, stats, CROSSING_COLUMNS)
+    boot_stats = [
+        {
+            "threshold_idx": np.tile(st["threshold_idx"], n_boot),
+            "threshold": np.tile(st["threshold"], n_boot),
+            "boot_idx": np.repeat(np.arange(n_boot, dtype=np.int64), len(st["threshold"])),
+            "D": boot.reshape(-1),
+        }
+        for st, boot in zip(stats, boots, strict=True)
+    ]
+    bootstrap = _assemble(keys, boot_stats, BOOTSTRAP_COLUMNS)
     return CrossingTables(crossings=crossings, bootstrap=bootstrap)
 
 
-def _finish(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    if not frames:
+_TYPES = {
+    "env": "str",
+    "agent": "str",
+    "source": "str",
+    "utd": "float64",
+    "width": "Int64",
+    "critic_params": "int64",
+    "batch_size": "int64",
+    "lr": "float64",
+    "threshold_idx": "int64",
+    "threshold": "float64",
+    "D": "float64",
+    "D_std": "float64",
+    "D_boot_nan_frac": "float64",
+    "boot_idx": "int64",
+}
+
+
+def _assemble(
+    keys: list[dict[str, object]], stats: list[dict[str, np.ndarray]], columns: list[str]
+) -> pd.DataFrame:
+    """One table from per-configuration keys and equal-length per-configuration columns."""
+    if not keys:
         out = pd.DataFrame({c: [] for c in columns})
-    else:
-        out = pd.concat(frames, ignore_index=True)[columns]
-    types = {
-        "env": "str",
-        "agent": "str",
-        "source": "str",
-        "utd": "float64",
-        "width": "Int64",
-        "critic_params": "int64",
-        "batch_size": "int64",
-        "lr": "float64",
-        "threshold_idx": "int64",
-        "threshold": "float64",
-        "D": "float64",
-        "D_std": "float64",
-        "D_boot_nan_frac": "float64",
-        "boot_idx": "int64",
-    }
-    return out.astype({c: t for c, t in types.items() if c in out.columns})
+        return out.astype({c: _TYPES[c] for c in columns})
+    lengths = [len(next(iter(st.values()))) for st in stats]
+    key_table = pd.DataFrame(keys, columns=CONFIG_KEYS).astype({c: _TYPES[c] for c in CONFIG_KEYS})
+    out = key_table.iloc[np.repeat(np.arange(len(keys)), lengths)].reset_index(drop=True)
+    for column in columns:
+        if column not in CONFIG_KEYS:
+            out[column] = np.concatenate([st[column] for st in stats])
+    return out[columns].astype({c: _TYPES[c] for c in columns})
 
 
 def compute_crossings(

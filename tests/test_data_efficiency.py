@@ -115,6 +115,10 @@ def test_average_over_envs_is_exact_for_scaled_copies() -> None:
     # D_e = c_e f  ->  mean_e(D_e / med_e) * median(med_e) = f * median(c)
     np.testing.assert_allclose(avg["D"], np.median(scales) * base[1:], rtol=1e-12)
     np.testing.assert_allclose(avg_boot, np.repeat(avg["D"].to_numpy()[None, :], 4, axis=0))
+    # A resample where one env missed one point loses that point only.
+    boot[0, 5] = np.nan
+    _, avg_boot = average_over_envs(points, boot, scope="suite")
+    assert np.isnan(avg_boot[0]).sum() == 1 and np.isfinite(avg_boot[1:]).all()
     # averaged N is the geometric mean of the envs' N
     np.testing.assert_allclose(
         avg["critic_params"], n[1:] * np.exp(np.mean(np.log([1, 1.01, 1.02])))

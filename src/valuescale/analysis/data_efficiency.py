@@ -27,6 +27,7 @@ Bootstrap CIs: a ``D_boot`` column holding a length-K array per crossing row (se
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -442,14 +443,19 @@ def average_over_envs(
     out.insert(0, "env", scope or "+".join(envs))
     avg_boot = None
     if Db is not None:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
             avg_boot = _normalised_mean(Db)
     return out, avg_boot
 
 
 def _normalised_mean(D: np.ndarray) -> np.ndarray:
-    """Mean over envs (axis -2) of D / median_env(D), times the median of the medians."""
-    med = np.median(D, axis=-1, keepdims=True)
+    """Mean over envs (axis -2) of D / median_env(D), times the median of the medians.
+
+    Medians skip NaNs (a resample that missed one point keeps its other points); a point that
+    is NaN for any env stays NaN.
+    """
+    med = np.nanmedian(D, axis=-1, keepdims=True)
     return np.mean(D / med, axis=-2) * np.median(med, axis=-2)
 
 

@@ -302,6 +302,8 @@ def test_best_batch_size_statuses() -> None:
     )
     never = best_batch_size(_batch_grid(best=256.0, levels=(400.0, 5000.0))).iloc[0]
     assert never["status"] == "not_reached" and np.isnan(never["B_star"]) and never["n_boot"] == 0
+    two = _batch_grid(best=256.0, grid=(256, 512))
+    assert best_batch_size(two, min_batch_sizes=2).iloc[0]["status"] in {"ok", "best_at_edge"}
     # an explicit lower threshold is reached
     assert (
         best_batch_size(_batch_grid(best=256.0, levels=(400.0, 5000.0)), threshold_idx=0).iloc[0][

@@ -84,6 +84,7 @@ def best_hyperparameter(
     prefix: str,
     count_name: str,
     threshold_idx: int | None = None,
+    min_grid: int = MIN_GRID,
 ) -> pd.DataFrame:
     """Bootstrap best value of ``param`` per ``group`` (see module docstring).
 
@@ -94,6 +95,7 @@ def best_hyperparameter(
         prefix: output column prefix (``B`` -> ``B_star``, ``B_star_lo``, ``B_star_hi``).
         count_name: name of the grid-size column (``n_batch_sizes``).
         threshold_idx: threshold to use; default each env's highest (J_max).
+        min_grid: fewer distinct values than this give status ``too_few_...`` (3).
 
     Raises:
         ValueError: a column is missing, or a group holds two configurations with the same
@@ -128,7 +130,7 @@ def best_hyperparameter(
             median = float(np.median(defined))
         else:
             star = lo = hi = median = np.nan
-        if len(grid) < MIN_GRID:
+        if len(grid) < min_grid:
             status = f"too_few_{count_name.removeprefix('n_')}"
         elif not defined.size:
             status = "not_reached"
@@ -153,7 +155,9 @@ def best_hyperparameter(
     return out
 
 
-def best_batch_size(boot: pd.DataFrame, threshold_idx: int | None = None) -> pd.DataFrame:
+def best_batch_size(
+    boot: pd.DataFrame, threshold_idx: int | None = None, min_batch_sizes: int = MIN_GRID
+) -> pd.DataFrame:
     """The ``best_batch_size`` table: B* per (env, agent, source, σ, N, width, lr)."""
     return best_hyperparameter(
         boot,
@@ -162,10 +166,13 @@ def best_batch_size(boot: pd.DataFrame, threshold_idx: int | None = None) -> pd.
         prefix="B",
         count_name="n_batch_sizes",
         threshold_idx=threshold_idx,
+        min_grid=min_batch_sizes,
     )
 
 
-def best_learning_rate(boot: pd.DataFrame, threshold_idx: int | None = None) -> pd.DataFrame:
+def best_learning_rate(
+    boot: pd.DataFrame, threshold_idx: int | None = None, min_learning_rates: int = MIN_GRID
+) -> pd.DataFrame:
     """The ``best_learning_rate`` table: η* per (env, agent, source, σ, N, width, B).
 
     Groups where the learning rate does not vary come out with status ``too_few_learning_rates``.
@@ -177,4 +184,5 @@ def best_learning_rate(boot: pd.DataFrame, threshold_idx: int | None = None) -> 
         prefix="lr",
         count_name="n_learning_rates",
         threshold_idx=threshold_idx,
+        min_grid=min_learning_rates,
     )

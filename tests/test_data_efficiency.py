@@ -9,6 +9,7 @@ import pytest
 from valuescale.analysis.data_efficiency import (
     DE_PARAMS,
     attach_bootstrap,
+    attach_bootstrap_table,
     average_over_envs,
     bootstrap_matrix,
     fit_data_efficiency,
@@ -219,3 +220,38 @@ def test_fit_table_all_variants_and_prediction_errors() -> None:
     assert (summary["mean_rel_error"] < 0.06).all()
     baseline = mean_relative_error(prediction_errors(good, points, "loglinear"))
     assert (baseline["mean_rel_error"] > summary["mean_rel_error"]).all()
+
+
+def test_select_points_per_source_and_learning_rate_with_long_bootstrap() -> None:
+    crossings = synthetic_crossings(np.random.default_rng(8), noise=0.0)
+    crossings = crossings[crossings["env"] == "cheetah-run"]
+    other_lr = crossings.assign(lr=1e-3, D=crossings["D"] * 1.5)  # a worse learning rate
+    held_out = crossings.assign(source="interpolated", D=crossings["D"] * 2.0)
+    all_rows = pd.concat([crossings, other_lr, held_out], ignore_index=True)
+    keys = ["env", "agent", "source", "utd", "critic_params", "lr"]
+    bstar = all_rows[keys].drop_duplicates().assign(B_star=64.0)
+    points = select_fit_points(all_rows, bstar, sources=["synthetic"])
+    assert set(points["source"]) == {"synthetic"} and (points["lr"] == 3e-4).all()
+    assert (points["batch_size"] == 64).all() and len(points) == len(crossings) // 3
+
+    # The long bootstrap table (one row per resample) becomes a D_boot array per row.
+    config = [*keys[:5], "width", "batch_size", "lr", "threshold_idx"]
+    long = pd.concat(
+        [crossings[config].assign(boot_idx=k, D=crossings["D"] * (1 + k)) for k in (2, 0, 1)]
+    )
+    with_boot = attach_bootstrap_table(crossings, long)
+    first = with_boot.iloc[0]
+    np.testing.assert_allclose(first["D_boot"], first["D"] * np.array([1.0, 2.0, 3.0]))
+
+    fits = fit_data_efficiency_table(
+        select_fit_points(all_rows, sources=["synthetic", "interpolated"]),
+        variants=("per_env",),
+        n_boot=0,
+    )
+    assert set(fits["source"]) == {"synthetic", "interpolated"}
+    held_points = select_fit_points(all_rows, sources=["interpolated"])
+    with pytest.raises(ValueError, match="fit_source"):
+        prediction_errors(fits, held_points)
+    errors = prediction_errors(fits, held_points, fit_source="synthetic")
+    # held-out D is doubled: |D - 2D| / 2D = 0.5 (the fits on exact data are near exact)
+    np.testing.assert_allclose(errors["rel_error"], 0.5, rtol=1e-3)

@@ -9,7 +9,6 @@ import pytest
 from valuescale.analysis.batch_size_fit import (
     BatchSizeProblem,
     LearningRateProblem,
-    best_learning_rate,
     fit_batch_size_law,
     fit_batch_size_table,
     fit_learning_rate_law,
@@ -151,8 +150,11 @@ def test_batch_size_table_beats_loglinear_on_eq61_data() -> None:
                         "status": "ok",
                     }
                 )
-    # An unusable row (too few batch sizes) must be ignored.
+    # Unusable rows (too few batch sizes; optimum not reached) must be ignored, and edge rows
+    # are dropped while enough interior rows remain.
     rows.append({**rows[0], "B_star": 1e6, "n_batch_sizes": 2})
+    rows.append({**rows[0], "B_star": 1e6, "status": "not_reached"})
+    rows.append({**rows[0], "B_star": 1e6, "status": "best_at_edge"})
     table = fit_batch_size_table(pd.DataFrame(rows), n_boot=20)
     assert set(table["scope"]) == {
         "h1-crawl-v0",
@@ -165,7 +167,13 @@ def test_batch_size_table_beats_loglinear_on_eq61_data() -> None:
     assert (table["rel_error"] < table["loglinear_rel_error"]).all()
     assert (table["rel_error"] < 0.06).all()
     assert {"a_B_lo", "alpha_B_hi", "log_intercept"} <= set(table.columns)
-    assert len(usable_batch_rows(pd.DataFrame(rows))) == len(rows) - 1
+    assert (table["n_at_edge"] == 0).all()
+    assert len(usable_batch_rows(pd.DataFrame(rows))) == len(rows) - 2
+    # With too few interior rows, edge rows are used and counted.
+    few = pd.DataFrame(rows[:16]).assign(status="best_at_edge")
+    few.loc[:2, "status"] = "ok"
+    edge_fit = fit_batch_size_table(few, n_boot=0)
+    assert edge_fit.loc[0, "n_at_edge"] == 13 and edge_fit.loc[0, "n_points"] == 16
 
 
 def test_learning_rate_rules() -> None:
@@ -176,26 +184,18 @@ def test_learning_rate_rules() -> None:
     assert fit.params["alpha_eta"] == pytest.approx(0.4, rel=1e-3)
     np.testing.assert_allclose(predict_learning_rate(fit.params, utd), lr, rtol=1e-3)
 
-    rows = []
-    for u in utd:
-        for n in (1e6, 4e6):
-            best = 3e-4 / u**0.5
-            for lr_value in (best / 3, best, best * 3):
-                D = 1e5 * (1 + abs(np.log(lr_value / best)))
-                rows.append(
-                    {
-                        "env": "cheetah-run",
-                        "agent": "bro",
-                        "utd": u,
-                        "critic_params": n,
-                        "batch_size": 256,
-                        "lr": lr_value,
-                        "threshold_idx": 19,
-                        "D": D,
-                    }
-                )
-    best_lr = best_learning_rate(pd.DataFrame(rows))
-    np.testing.assert_allclose(best_lr["lr_star"], 3e-4 / best_lr["utd"] ** 0.5)
+    best_lr = pd.DataFrame(
+        {
+            "env": "cheetah-run",
+            "agent": "bro",
+            "utd": np.repeat(utd, 2),
+            "critic_params": np.tile([1e6, 4e6], utd.size),
+            "batch_size": 256,
+            "lr_star": np.repeat(3e-4 / utd**0.5, 2),
+            "status": "ok",
+        }
+    )
+    best_lr.loc[0, ["lr_star", "status"]] = (1.0, "too_few_learning_rates")  # ignored
     table = fit_learning_rate_table(best_lr)
     power = table[table["law"] == "power_utd"].iloc[0]
     assert power["alpha_eta"] == pytest.approx(0.5, rel=1e-3)

@@ -41,6 +41,13 @@ LR_PARAMS = ("alpha_eta", "beta_eta")
 # z-value of the 95th percentile: B_star_lo/hi are read as a 90 % interval.
 Z90 = 1.6448536269514722
 DEFAULT_N_BOOT = 100
+# Best-batch-size rows compared fewer batch sizes than this are not used.
+MIN_BATCH_SIZES = 3
+# best_batch_size statuses: interior optimum, and optimum on the edge of the grid.
+PREFERRED_STATUS = ("ok",)
+FALLBACK_STATUS = ("best_at_edge",)
+# Edge rows are dropped from a scope's fit when at least this many interior rows remain.
+MIN_PREFERRED_ROWS = 6
 
 
 def predict_batch_size(
@@ -196,16 +203,16 @@ def batch_size_bootstrap(
 def usable_batch_rows(
     best_batch_size: pd.DataFrame,
     *,
-    min_batch_sizes: int = 3,
-    usable_status: Collection[str] | None = None,
+    min_batch_sizes: int = MIN_BATCH_SIZES,
+    statuses: Collection[str] | None = (*PREFERRED_STATUS, *FALLBACK_STATUS),
 ) -> pd.DataFrame:
-    """Rows with a finite B_star, at least ``min_batch_sizes`` batch sizes compared, and (if
-    ``usable_status`` is given) a status in it."""
+    """Rows with a finite B_star, at least ``min_batch_sizes`` batch sizes compared and (when the
+    table has a ``status`` and ``statuses`` is not None) a status in ``statuses``."""
     keep = np.isfinite(best_batch_size["B_star"].astype(float)) & (best_batch_size["B_star"] > 0)
     if "n_batch_sizes" in best_batch_size:
         keep &= best_batch_size["n_batch_sizes"].fillna(0) >= min_batch_sizes
-    if usable_status is not None and "status" in best_batch_size:
-        keep &= best_batch_size["status"].isin(list(usable_status))
+    if statuses is not None and "status" in best_batch_size:
+        keep &= best_batch_size["status"].isin(list(statuses))
     return best_batch_size[keep].reset_index(drop=True)
 
 
@@ -214,44 +221,65 @@ def _suite(env: str) -> str:
     return spec.suite if spec is not None else "other"
 
 
+def _prefer_interior(data: pd.DataFrame, min_preferred: int) -> tuple[pd.DataFrame, int]:
+    """Rows whose best batch size is inside the grid when there are ``min_preferred`` of them,
+    else also the ``best_at_edge`` rows; returns (rows, number of edge rows used)."""
+    if "status" not in data:
+        return data, 0
+    preferred = data[data["status"].isin(PREFERRED_STATUS)]
+    if len(preferred) >= min_preferred:
+        return preferred, 0
+    return data, int(data["status"].isin(FALLBACK_STATUS).sum())
+
+
 def fit_batch_size_table(
     best_batch_size: pd.DataFrame,
     *,
     levels: Collection[str] = ("env", "suite", "all"),
-    min_batch_sizes: int = 3,
-    usable_status: Collection[str] | None = None,
+    min_batch_sizes: int = MIN_BATCH_SIZES,
+    min_preferred: int = MIN_PREFERRED_ROWS,
     n_boot: int = DEFAULT_N_BOOT,
     n_starts: int = 8,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Eq. 6.1 and the log-linear baseline per env, per suite and over all envs (per agent).
+    """Eq. 6.1 and the log-linear baseline per env, per suite and over all envs.
+
+    Rows of ``best_batch_size`` are used when B_star is finite and at least ``min_batch_sizes``
+    batch sizes were compared; per scope, rows whose best batch size sits on the edge of the grid
+    (status ``best_at_edge``) are left out when ``min_preferred`` interior (``ok``) rows remain
+    ("best not at an edge where possible"), else kept and counted in ``n_at_edge``. Groups are
+    per agent (and per source when the table has one).
 
     Returns:
-        ``fits_batch_size.csv``: scope, agent, level (env|suite|all), a_B, alpha_B, b_B, beta_B
-        (with ``_lo``/``_hi``), rel_error (mean ``|B_hat - B|/B`` on the fitted rows),
-        loglinear_rel_error, log_intercept, slope_utd, slope_critic_params (baseline), loss,
-        status, reason, n_points. Suite/all rows pool every env's rows into one law.
+        ``fits_batch_size.csv``: scope, agent, [source,] level (env|suite|all), a_B, alpha_B,
+        b_B, beta_B (with ``_lo``/``_hi``), rel_error (mean ``|B_hat - B|/B`` on the fitted
+        rows), loglinear_rel_error, log_intercept, slope_utd, slope_critic_params (baseline),
+        loss, status, reason, n_points, n_at_edge. Suite/all rows pool their envs into one law.
     """
-    rows_in = usable_batch_rows(
-        best_batch_size, min_batch_sizes=min_batch_sizes, usable_status=usable_status
-    )
+    rows_in = usable_batch_rows(best_batch_size, min_batch_sizes=min_batch_sizes)
     rows_in = rows_in.assign(suite=[_suite(env) for env in rows_in["env"]], all="all")
+    lead_keys = ["agent", "source"] if "source" in rows_in else ["agent"]
     out: list[dict] = []
     for level in ("env", "suite", "all"):
         if level not in levels:
             continue
-        for (agent, scope), data in rows_in.groupby(["agent", level], sort=True):
+        for key, data in rows_in.groupby([*lead_keys, level], sort=True):
+            *lead_values, scope = key
             if level != "env" and data["env"].nunique() < 2:
                 continue
             if level == "all" and data["suite"].nunique() < 2:
                 continue  # identical to the single suite's row
-            out.append(_batch_row(data, agent, scope, level, n_boot, n_starts, seed))
+            data, n_edge = _prefer_interior(data, min_preferred)
+            row = {"scope": scope, **dict(zip(lead_keys, lead_values, strict=True))}
+            row["level"] = level
+            row.update(_batch_fit_columns(data, n_boot, n_starts, seed))
+            row["n_at_edge"] = n_edge
+            out.append(row)
     return pd.DataFrame(out)
 
 
-def _batch_row(
-    data: pd.DataFrame, agent: str, scope: str, level: str, n_boot: int, n_starts: int, seed: int
-) -> dict:
+def _batch_fit_columns(data: pd.DataFrame, n_boot: int, n_starts: int, seed: int) -> dict:
+    """Eq. 6.1 fit, baseline and relative errors of one scope's rows."""
     utd = data["utd"].to_numpy(float)
     params = data["critic_params"].to_numpy(float)
     B = data["B_star"].to_numpy(float)
@@ -259,8 +287,7 @@ def _batch_row(
         utd, params, B, batch_size_bootstrap(data, n_boot, seed), n_starts=n_starts, seed=seed
     )
     baseline = fit_loglinear({"utd": utd, "critic_params": params}, B)
-    row: dict = {"scope": scope, "agent": agent, "level": level}
-    row.update({k: v for k, v in fit.row().items() if k not in ("n_boot", "n_boot_ok")})
+    row = {k: v for k, v in fit.row().items() if k not in ("n_boot", "n_boot_ok")}
     with np.errstate(all="ignore"):
         row["rel_error"] = (
             float(np.mean(relative_error(predict_batch_size(fit.params, utd, params), B)))
@@ -278,47 +305,39 @@ def _batch_row(
     return row
 
 
-def best_learning_rate(crossings: pd.DataFrame, threshold_idx: int | None = None) -> pd.DataFrame:
-    """Best learning rate per (env, agent, utd, critic_params, batch_size).
+def fit_learning_rate_table(
+    best_learning_rate: pd.DataFrame, *, n_starts: int = 8, seed: int = 0
+) -> pd.DataFrame:
+    """Learning-rate rules per env and over all envs (per agent, and source if present).
 
-    The learning rate with the smallest D at ``threshold_idx`` (default: each env's highest
-    threshold index); NaN counts as never. Configs with fewer than two learning rates, or where
-    no learning rate reached the threshold, are left out.
+    Args:
+        best_learning_rate: the ``best_learning_rate`` table (env, agent, utd, critic_params,
+            batch_size, lr_star[, status]); rows with a finite lr_star and (if present) status
+            ``ok`` or ``best_at_edge`` are used.
 
     Returns:
-        Columns env, agent, utd, critic_params, batch_size, lr_star, n_lrs.
+        Rows with law ``loglinear`` (log eta ~ 1 + log σ + log N + log B) and ``power_utd``
+        (``eta* = (beta_eta/σ)**alpha_eta``). Columns scope, agent, [source,] law, alpha_eta,
+        beta_eta, log_intercept, slope_utd, slope_critic_params, slope_batch_size, rel_error,
+        loss, status, reason, n_points.
     """
-    keys = ["env", "agent", "utd", "critic_params", "batch_size"]
-    df = crossings
-    if threshold_idx is None:
-        top = df.groupby("env")["threshold_idx"].transform("max")
-        df = df[df["threshold_idx"] == top]
-    else:
-        df = df[df["threshold_idx"] == threshold_idx]
-    df = df.assign(_Dkey=df["D"].astype(float).fillna(np.inf))
-    n_lrs = df.groupby(keys)["lr"].nunique().rename("n_lrs")
-    best = df.sort_values(["_Dkey", "lr"]).drop_duplicates(keys)
-    best = best[np.isfinite(best["_Dkey"])].merge(n_lrs.reset_index(), on=keys)
-    best = best[best["n_lrs"] >= 2]
-    return best[[*keys, "lr", "n_lrs"]].rename(columns={"lr": "lr_star"}).reset_index(drop=True)
-
-
-def fit_learning_rate_table(
-    best_lr: pd.DataFrame, *, n_starts: int = 8, seed: int = 0
-) -> pd.DataFrame:
-    """Learning-rate rules per (agent, env) and per agent over all envs.
-
-    Rows: law ``loglinear`` (log eta ~ 1 + log σ + log N + log B) and ``power_utd``
-    (``eta* = (beta_eta/σ)**alpha_eta``). Columns scope, agent, law, alpha_eta, beta_eta,
-    log_intercept, slope_utd, slope_critic_params, slope_batch_size, rel_error, loss, status,
-    reason, n_points.
-    """
-    out: list[dict] = []
-    groups = [
-        *((agent, env, d) for (agent, env), d in best_lr.groupby(["agent", "env"])),
-        *((agent, "all", d) for agent, d in best_lr.groupby("agent") if d["env"].nunique() > 1),
+    rows_in = best_learning_rate[
+        np.isfinite(best_learning_rate["lr_star"].astype(float))
+        & (best_learning_rate["lr_star"] > 0)
     ]
-    for agent, scope, data in groups:
+    if "status" in rows_in:
+        rows_in = rows_in[rows_in["status"].isin([*PREFERRED_STATUS, *FALLBACK_STATUS])]
+    lead_keys = ["agent", "source"] if "source" in rows_in else ["agent"]
+    out: list[dict] = []
+    groups = []
+    for key, data in rows_in.groupby([*lead_keys, "env"], sort=True):
+        *lead, env = key
+        groups.append((dict(zip(lead_keys, lead, strict=True)), env, data))
+    for key, data in rows_in.groupby(lead_keys, sort=True):
+        if data["env"].nunique() > 1:
+            key = key if isinstance(key, tuple) else (key,)
+            groups.append((dict(zip(lead_keys, key, strict=True)), "all", data))
+    for lead_values, scope, data in groups:
         utd = data["utd"].to_numpy(float)
         lr = data["lr_star"].to_numpy(float)
         inputs = {
@@ -329,7 +348,7 @@ def fit_learning_rate_table(
         loglin = fit_loglinear(inputs, lr)
         power = fit_learning_rate_law(utd, lr, n_starts=n_starts, seed=seed)
         for law, fit in (("loglinear", loglin), ("power_utd", power)):
-            row: dict = {"scope": scope, "agent": agent, "law": law}
+            row: dict = {"scope": scope, **lead_values, "law": law}
             row.update({k: v for k, v in fit.params.items()})
             with np.errstate(all="ignore"):
                 pred = (
@@ -347,7 +366,7 @@ def fit_learning_rate_table(
             out.append(row)
     columns = [
         "scope",
-        "agent",
+        *lead_keys,
         "law",
         *LR_PARAMS,
         "log_intercept",

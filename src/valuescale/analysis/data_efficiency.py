@@ -28,7 +28,7 @@ Bootstrap CIs: a ``D_boot`` column holding a length-K array per crossing row (se
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,6 @@ from valuescale.tasks import task_spec
 DE_PARAMS = ("D_min", "a_J", "alpha_J", "b_J", "beta_J")
 LOGLINEAR_PARAMS = ("log_intercept", "slope_utd", "slope_critic_params")
 VARIANTS = ("per_env", "shared", "averaged", "loglinear")
-CONFIG_KEYS = ("env", "agent", "utd", "critic_params")
 DEFAULT_N_BOOT = 100
 # Envs with fewer finite D at a threshold are left out of that threshold's shared/averaged fit.
 MIN_POINTS_PER_ENV = 3
@@ -295,42 +294,59 @@ def _n_finite(D: np.ndarray) -> int:
 
 
 def select_fit_points(
-    crossings: pd.DataFrame, best_batch_size: pd.DataFrame | None = None
+    crossings: pd.DataFrame,
+    best_batch_size: pd.DataFrame | None = None,
+    *,
+    sources: Collection[str] | None = None,
 ) -> pd.DataFrame:
-    """One crossing row per (env, agent, utd, critic_params, threshold_idx): the fit's data.
+    """One crossing row per (env, agent, [source,] utd, critic_params, threshold_idx).
 
-    With ``best_batch_size`` (columns env, agent, utd, critic_params, B_star): every config uses
-    the batch size closest in log to its ``B_star`` (the same batch size at every threshold;
-    ties go to the smaller batch size). Configs without a finite ``B_star``, or calls without the
-    table, use the batch size with the smallest D at each threshold (NaN counts as never). Among
-    rows of equal batch size (e.g. several learning rates) the smallest D is taken.
+    With ``best_batch_size`` (columns env, agent, utd, critic_params, B_star and, when both
+    tables have them, source and lr): every config (and learning rate) uses the batch size
+    closest in log to its ``B_star`` (the same batch size at every threshold; ties go to the
+    smaller batch size). Configs without a finite ``B_star``, or calls without the table, use
+    the batch size with the smallest D at each threshold (NaN counts as never). Where several
+    learning rates remain, the smallest D at each threshold is taken.
+
+    Args:
+        crossings: the ``crossings`` table (optionally with a ``D_boot`` column).
+        best_batch_size: the ``best_batch_size`` table, or None.
+        sources: keep only these ``source`` values (e.g. ``["fitted_bs"]`` for the fits).
 
     Returns:
-        The chosen rows (all crossing columns kept) plus ``suite`` and ``batch_choice``
-        (``"B_star"`` or ``"min_D"``).
+        The chosen rows (all crossing columns kept) plus ``B_star``, ``suite`` and
+        ``batch_choice`` (``"B_star"`` or ``"min_D"``).
     """
-    df = crossings.copy()
+    df = crossings
+    if sources is not None:
+        df = df[df["source"].isin(list(sources))]
+    df = df.copy()
     df["_order"] = np.arange(len(df))
     df["_Dkey"] = df["D"].astype(float).fillna(np.inf)
-    keys = list(CONFIG_KEYS)
+    keys = _config_keys(df)
+    sub_keys = [*keys, "lr"] if "lr" in df else keys
     if best_batch_size is not None and len(best_batch_size):
-        bstar = best_batch_size[[*keys, "B_star"]].drop_duplicates(keys)
-        df = df.merge(bstar, on=keys, how="left")
+        merge_keys = [k for k in sub_keys if k in best_batch_size]
+        bstar = best_batch_size[[*merge_keys, "B_star"]].drop_duplicates(merge_keys)
+        df = df.drop(columns="B_star", errors="ignore").merge(bstar, on=merge_keys, how="left")
     else:
         df["B_star"] = np.nan
-    df["_dist"] = np.abs(np.log(df["batch_size"].astype(float)) - np.log(df["B_star"]))
+    with np.errstate(all="ignore"):
+        df["_dist"] = np.abs(
+            np.log(df["batch_size"].astype(float)) - np.log(df["B_star"].astype(float))
+        )
     has_bstar = np.isfinite(df["_dist"])
     chosen = df[has_bstar]
     if len(chosen):
-        # The batch size closest to B_star (smallest batch size on ties) for each config.
+        # The batch size closest to B_star (smallest batch size on ties) per config and lr.
         best_b = (
             chosen.sort_values(["_dist", "batch_size"])
-            .drop_duplicates(keys)[[*keys, "batch_size"]]
+            .drop_duplicates(sub_keys)[[*sub_keys, "batch_size"]]
             .rename(columns={"batch_size": "_best_b"})
         )
-        chosen = chosen.merge(best_b, on=keys)
+        chosen = chosen.merge(best_b, on=sub_keys)
         chosen = chosen[chosen["batch_size"] == chosen["_best_b"]].drop(columns="_best_b")
-        chosen = chosen.assign(batch_choice="B_star")
+    chosen = chosen.assign(batch_choice="B_star")
     rest = df[~has_bstar].assign(batch_choice="min_D")
     out = pd.concat([chosen, rest], ignore_index=True)
     out = out.sort_values(["_Dkey", "batch_size", "_order"]).drop_duplicates(
@@ -339,6 +355,39 @@ def select_fit_points(
     out = out.sort_values([*keys, "threshold_idx"]).drop(columns=["_order", "_Dkey", "_dist"])
     out["suite"] = [suite_of(env) for env in out["env"]]
     return out.reset_index(drop=True)
+
+
+def _config_keys(df: pd.DataFrame) -> list[str]:
+    """(env, agent, [source,] utd, critic_params): one fit data point per threshold."""
+    return [k for k in ("env", "agent", "source", "utd", "critic_params") if k in df]
+
+
+def attach_bootstrap_table(crossings: pd.DataFrame, bootstrap: pd.DataFrame) -> pd.DataFrame:
+    """Add a ``D_boot`` column from the long ``crossings_bootstrap`` table.
+
+    Args:
+        crossings: crossing rows.
+        bootstrap: one row per (config, threshold_idx, boot_idx) with the resample's ``D``; the
+            config columns are those shared with ``crossings`` among env, agent, utd, width,
+            critic_params, batch_size, lr, source.
+
+    Returns:
+        ``crossings`` with ``D_boot`` (a length-K array ordered by boot_idx, or None).
+    """
+    keys = [
+        k
+        for k in ("env", "agent", "utd", "width", "critic_params", "batch_size", "lr", "source")
+        if k in crossings and k in bootstrap
+    ]
+    keys.append("threshold_idx")
+    boot = bootstrap.sort_values("boot_idx")
+    grouped = boot.groupby(keys, sort=False, dropna=False)["D"].agg(
+        lambda d: d.to_numpy(dtype=float)
+    )
+    arrays = grouped.rename("D_boot").reset_index()
+    out = crossings.drop(columns="D_boot", errors="ignore").merge(arrays, on=keys, how="left")
+    out["D_boot"] = [v if isinstance(v, np.ndarray) else None for v in out["D_boot"]]
+    return out
 
 
 def attach_bootstrap(
@@ -468,7 +517,7 @@ def _row(
     result: FitResult,
     *,
     scope: str,
-    agent: str,
+    lead: Mapping[str, object],
     variant: str,
     group: str,
     threshold_idx: int,
@@ -479,7 +528,7 @@ def _row(
     """One row of fits_data_efficiency.csv."""
     row: dict = {
         "scope": scope,
-        "agent": agent,
+        **lead,
         "variant": variant,
         "group": group,
         "envs": envs or scope,
@@ -536,7 +585,8 @@ def fit_data_efficiency_table(
         n_starts, seed: multi-start settings of every fit.
 
     Returns:
-        ``fits_data_efficiency.csv``: scope, agent, variant, group, threshold_idx, threshold,
+        ``fits_data_efficiency.csv``: scope, agent, [source,] variant, group (env, or suite for
+        shared/averaged), envs (those in a shared/averaged fit), threshold_idx, threshold,
         D_min, a_J, alpha_J, b_J, beta_J, log_intercept, slope_utd, slope_critic_params (each with
         ``_lo``/``_hi``), loss, status, reason, n_points, n_boot_ok and the data ranges utd_min,
         utd_max, critic_params_min, critic_params_max, D_obs_min, D_obs_max.
@@ -552,11 +602,13 @@ def fit_data_efficiency_table(
     rows: list[dict] = []
     fit_kw = {"n_starts": n_starts, "seed": seed}
 
-    for (agent, env, t_idx), data in points.groupby(["agent", "env", "threshold_idx"], sort=True):
+    lead_keys = ["agent", "source"] if "source" in points else ["agent"]
+    for key, data in points.groupby([*lead_keys, "env", "threshold_idx"], sort=True):
+        *lead_values, env, t_idx = key
         boot = None if boot_all is None else boot_all[:, data.index.to_numpy()]
         meta = {
             "scope": env,
-            "agent": agent,
+            "lead": dict(zip(lead_keys, lead_values, strict=True)),
             "group": env,
             "threshold_idx": int(t_idx),
             "threshold": float(data["threshold"].iloc[0]),
@@ -574,7 +626,8 @@ def fit_data_efficiency_table(
         if "loglinear" in variants:
             rows.append(_row(_loglinear(data), variant="loglinear", **meta))
 
-    for (agent, suite, t_idx), data in points.groupby(["agent", "suite", "threshold_idx"]):
+    for key, data in points.groupby([*lead_keys, "suite", "threshold_idx"], sort=True):
+        *lead_values, suite, t_idx = key
         if data["env"].nunique() < 2:
             continue
         finite = data.assign(_ok=np.isfinite(data["D"].astype(float)))
@@ -583,7 +636,11 @@ def fit_data_efficiency_table(
         left_out = sorted(counts[counts < MIN_POINTS_PER_ENV].index)
         used = data[data["env"].isin(envs)]
         boot = None if boot_all is None else boot_all[:, used.index.to_numpy()]
-        suite_meta = {"agent": agent, "threshold_idx": int(t_idx), "envs": ",".join(envs)}
+        suite_meta = {
+            "lead": dict(zip(lead_keys, lead_values, strict=True)),
+            "threshold_idx": int(t_idx),
+            "envs": ",".join(envs),
+        }
         if "shared" in variants:
             fits = (
                 []
@@ -655,20 +712,34 @@ def fit_data_efficiency_table(
 
 
 def prediction_errors(
-    fits: pd.DataFrame, points: pd.DataFrame, variant: str = "per_env"
+    fits: pd.DataFrame,
+    points: pd.DataFrame,
+    variant: str = "per_env",
+    *,
+    fit_source: str | None = None,
 ) -> pd.DataFrame:
     """Predicted D and relative error ``|D_hat - D| / D`` of one variant's fits at ``points``.
 
     ``points`` rows (env, agent, utd, critic_params, threshold_idx, D) are matched to the fit
     rows with ``scope == env`` (pass :func:`average_over_envs` output, whose env is the suite,
-    for the averaged variant). Rows without a usable fit get NaN.
+    for the averaged variant). Rows without a usable fit get NaN. Points may come from another
+    source (interpolated/extrapolated sets) than the fits; ``fit_source`` picks the fits' source
+    when the table holds several.
 
     Returns:
         ``points`` with ``D_pred``, ``rel_error`` and ``fit_status`` added.
+
+    Raises:
+        ValueError: if the fits hold several sources and ``fit_source`` is not given.
     """
     sel = fits[fits["variant"] == variant]
-    cols = ["scope", "agent", "threshold_idx", *DE_PARAMS, *LOGLINEAR_PARAMS, "status"]
-    merged = points.merge(
+    if fit_source is not None:
+        sel = sel[sel["source"] == fit_source]
+    keys = ["scope", "agent", "threshold_idx"]
+    if sel.duplicated(keys).any():
+        raise ValueError("fits hold several rows per scope/threshold: pass fit_source")
+    cols = [*keys, *DE_PARAMS, *LOGLINEAR_PARAMS, "status"]
+    merged = points[["env", "agent", "threshold_idx"]].merge(
         sel[cols].rename(columns={"scope": "env", "status": "fit_status"}),
         on=["env", "agent", "threshold_idx"],
         how="left",
@@ -679,7 +750,7 @@ def prediction_errors(
         params = {k: v for k, v in params.items() if k in DE_PARAMS}
     with np.errstate(all="ignore"):
         pred = predict_D(
-            params, merged["utd"].to_numpy(float), merged["critic_params"].to_numpy(float)
+            params, points["utd"].to_numpy(float), points["critic_params"].to_numpy(float)
         )
     pred = np.where(usable, pred, np.nan)
     out = points.copy()

@@ -21,7 +21,9 @@ from valuescale.analysis.data_efficiency import DataEfficiencyProblem, fit_data_
 from valuescale.analysis.fitting import (
     FitResult,
     LogRescale,
+    ScaledProblem,
     fit_loglinear,
+    fit_scaled,
     predict_loglinear,
     unscale_power_term,
 )
@@ -202,3 +204,47 @@ def test_learning_rate_rules() -> None:
     loglin = table[table["law"] == "loglinear"].iloc[0]
     # log B is constant here: the log-linear design is rank deficient but still predicts.
     assert loglin["slope_utd"] == pytest.approx(-0.5, abs=1e-6)
+
+
+class PowerProblem(ScaledProblem):
+    """y = c x^-k in rescaled units: a minimal law through the generic fitter."""
+
+    names = ("c", "k")
+    exponents = (1,)
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, overflow: bool = False) -> None:
+        self.rescale = LogRescale.from_values(x)
+        self.log_x = self.rescale.log_apply(x)
+        self.log_scale = float(np.log(np.mean(y)))
+        self.log_y_offset = np.full(len(y), self.log_scale)
+        self.overflow = overflow
+
+    def log_predict(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, k = theta[:, :1], theta[:, 1:2]
+        jac = np.stack(
+            [np.broadcast_to(1 / c, (len(theta), self.log_x.size)), -self.log_x + 0 * k], -1
+        )
+        return np.log(c) - k * self.log_x, jac
+
+    def starts(self, rng: np.random.Generator, n_starts: int) -> np.ndarray:
+        return np.exp(rng.uniform(-1, 1, (n_starts, 2)))
+
+    def unscale(self, theta: np.ndarray) -> np.ndarray:
+        c = np.exp(self.log_scale + np.log(theta[:, 0]) - theta[:, 1] * self.rescale.log_c)
+        if self.overflow:
+            c = c * np.inf
+        return np.column_stack([c, self.rescale.p * theta[:, 1]])
+
+
+def test_generic_fitter_on_a_custom_law_and_overflow_guard() -> None:
+    x = np.geomspace(1.0, 100.0, 12)
+    y = 5.0 * x**-0.7 * np.exp(np.random.default_rng(0).normal(0, 0.01, x.size))
+    fit = fit_scaled(
+        PowerProblem(x, y), y, y * np.exp(np.random.default_rng(1).normal(0, 0.01, (50, x.size)))
+    )
+    assert fit.status == "ok" and fit.n_boot_ok == 50
+    assert fit.params["k"] == pytest.approx(0.7, rel=0.02)
+    assert fit.params["c"] == pytest.approx(5.0, rel=0.05)
+    assert fit.lo["k"] < 0.7 < fit.hi["k"]
+    bad = fit_scaled(PowerProblem(x, y, overflow=True), y)
+    assert bad.status == "degenerate" and "overflow" in bad.reason

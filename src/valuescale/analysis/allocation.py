@@ -339,7 +339,7 @@ def _smallest_D_within(
 # Tables
 # --------------------------------------------------------------------------------------------
 
-_ID_COLUMNS = ("scope", "agent", "variant", "threshold_idx", "threshold")
+_ID_COLUMNS = ("scope", "agent", "source", "variant", "group", "threshold_idx", "threshold")
 
 
 def delta_for(scope: str, overrides: Mapping[str, float] | None = None) -> float:
@@ -499,13 +499,13 @@ def fit_budget_lines(
 
 
 def budget_fit_table(budget_points: pd.DataFrame, *, n_heldout: int = N_HELDOUT) -> pd.DataFrame:
-    """``budget_fits.csv``: :func:`fit_budget_lines` per (scope, agent, variant).
+    """``budget_fits.csv``: :func:`fit_budget_lines` per (scope, agent, [source,] variant).
 
     Columns: scope, agent, variant, quantity (D|C|sigma|N), slope, intercept (log10 q =
     intercept + slope log10 F), r2 (all points), r2_fit, r2_heldout, n_fit, n_heldout, status,
     reason.
     """
-    keys = [c for c in ("scope", "agent", "variant") if c in budget_points]
+    keys = [c for c in ("scope", "agent", "source", "variant") if c in budget_points]
     rows = []
     for key, data in budget_points.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)

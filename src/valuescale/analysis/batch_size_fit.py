@@ -186,7 +186,8 @@ def batch_size_bootstrap(
 ) -> np.ndarray | None:
     """``[K, n]`` log-normal resamples of B_star with 90 % interval ``[B_star_lo, B_star_hi]``.
 
-    Rows without a finite interval repeat B_star. ``None`` without the lo/hi columns.
+    Rows without a finite interval repeat B_star. ``None`` without the lo/hi columns or when no
+    row has an interval.
     """
     if not {"B_star_lo", "B_star_hi"} <= set(rows.columns) or n_boot <= 0:
         return None
@@ -196,6 +197,8 @@ def batch_size_bootstrap(
             np.log(rows["B_star_hi"].to_numpy(float)) - np.log(rows["B_star_lo"].to_numpy(float))
         ) / (2 * Z90)
     sd = np.where(np.isfinite(sd) & (sd > 0), sd, 0.0)
+    if not np.any(sd > 0):
+        return None  # no interval information: no CI
     rng = np.random.default_rng(seed)
     return B[None, :] * np.exp(rng.standard_normal((n_boot, B.size)) * sd[None, :])
 
@@ -275,7 +278,44 @@ def fit_batch_size_table(
             row.update(_batch_fit_columns(data, n_boot, n_starts, seed))
             row["n_at_edge"] = n_edge
             out.append(row)
+    if not out:
+        columns = ["scope", *lead_keys, "level"]
+        for name in BATCH_PARAMS:
+            columns += [name, f"{name}_lo", f"{name}_hi"]
+        columns += [
+            "loss",
+            "status",
+            "reason",
+            "n_points",
+            "rel_error",
+            "loglinear_rel_error",
+            "log_intercept",
+            "slope_utd",
+            "slope_critic_params",
+            "loglinear_status",
+            "n_at_edge",
+        ]
+        return pd.DataFrame(columns=columns)
     return pd.DataFrame(out)
+
+
+def batch_sizes_in_use(
+    crossings: pd.DataFrame, sources: Collection[str] | None = None
+) -> pd.DataFrame:
+    """A best_batch_size-like table of the batch size each (σ, N) config was run with.
+
+    For data with one batch size per config chosen by a rule (the published ``fitted_bs`` runs
+    use the authors' B*(σ, N)), fitting Eq. 6.1 to these recovers that rule. Rows have
+    ``B_star`` = the batch size, ``n_batch_sizes`` = 1 and status ``ok``; pass
+    ``min_batch_sizes=1`` to :func:`fit_batch_size_table`.
+    """
+    df = crossings if sources is None else crossings[crossings["source"].isin(list(sources))]
+    keys = [k for k in ("env", "agent", "source", "utd", "critic_params", "width", "lr") if k in df]
+    used = df.groupby(keys, dropna=False)["batch_size"].agg(["nunique", "first"]).reset_index()
+    used = used[used["nunique"] == 1].rename(columns={"first": "B_star"})
+    return used.drop(columns="nunique").assign(
+        B_star_lo=np.nan, B_star_hi=np.nan, n_batch_sizes=1, status="ok"
+    )
 
 
 def _batch_fit_columns(data: pd.DataFrame, n_boot: int, n_starts: int, seed: int) -> dict:

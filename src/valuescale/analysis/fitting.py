@@ -279,7 +279,7 @@ def _levenberg_marquardt(
         resid = sqrt_w * np.where(mask[idx], log_pred - target_all[idx], 0.0)
         jac_u = sqrt_w[:, :, None] * jac * sigmoid(u)[:, None, :]
         loss = np.sum(resid * resid, axis=1)
-        bad = ~np.isfinite(loss) | ~np.all(np.isfinite(jac_u), axis=(1, 2))
+        bad = ~np.isfinite(loss + jac_u.sum(axis=(1, 2)))
         loss[bad] = np.inf
         resid[bad] = 0.0
         jac_u[bad] = 0.0
@@ -474,7 +474,8 @@ def fit_scaled(
         theta, loss, message = polished.theta[0], float(polished.loss[0]), polished.message
     else:
         theta, loss, message = explored.theta[best], float(losses[best]), explored.message
-    params = dict(zip(names, problem.unscale(theta[None, :])[0].tolist(), strict=True))
+    with np.errstate(all="ignore"):
+        params = dict(zip(names, problem.unscale(theta[None, :])[0].tolist(), strict=True))
     if not np.isfinite(loss):
         return failed_result(names, STATUS_FAILED, "non-finite loss", n)
     if not _gradient_small(problem, log_y, mask, theta) and not polished.success[0]:
@@ -495,6 +496,10 @@ def _finish(
     """Absurdity check and bootstrap confidence intervals around a converged fit."""
     names = problem.names
     reason = _absurd_reason(problem, theta)
+    if not reason:
+        overflow = [k for k, v in params.items() if not np.isfinite(v)]
+        if overflow:
+            reason = f"parameter(s) {', '.join(overflow)} overflow in original units"
     status = STATUS_DEGENERATE if reason else STATUS_OK
     nan = dict.fromkeys(names, np.nan)
     result = FitResult(params, loss, status, reason, n, dict(nan), dict(nan))
@@ -513,15 +518,18 @@ def _finish(
             mask[usable],
             np.repeat(theta[None, :], int(usable.sum()), axis=0),
         )
-        good = np.isfinite(refit.loss) & np.array(
-            [not _absurd_reason(problem, t) for t in refit.theta]
+        with np.errstate(all="ignore"):
+            boot_params = problem.unscale(refit.theta)
+        good = (
+            np.isfinite(refit.loss)
+            & np.all(np.isfinite(boot_params), axis=1)
+            & np.array([not _absurd_reason(problem, t) for t in refit.theta])
         )
         result.n_boot_ok = int(good.sum())
     if result.n_boot_ok < MIN_BOOT_OK:
         result.reason = f"only {result.n_boot_ok} of {n_boot} bootstrap refits usable: no CI"
         return result
-    boot_params = problem.unscale(refit.theta[good])
-    lo, hi = np.percentile(boot_params, CI_PERCENTILES, axis=0)
+    lo, hi = np.percentile(boot_params[good], CI_PERCENTILES, axis=0)
     result.lo = dict(zip(names, lo.tolist(), strict=True))
     result.hi = dict(zip(names, hi.tolist(), strict=True))
     return result

@@ -7,25 +7,27 @@ Every scaling-law fit of the analysis (batch size, learning rate, data efficienc
 * each input is log-rescaled so that its data range maps onto ``[0.5, 2]``
   (``x~ = c * x**p``, see :class:`LogRescale`) and the target is divided by its mean;
 * parameters are kept positive as ``softplus`` of unconstrained variables;
-* scipy's L-BFGS-B minimises the loss with an analytic gradient from several seeded starts, and the
-  best start is kept. The starts are optimised *together* as one block-separable problem (the sum of
-  the per-start losses), which costs one scipy call instead of one per start;
+* several seeded starts (row 0 deterministic) are optimised together by a batched
+  Levenberg-Marquardt on the same loss (one vectorised Jacobian per iteration for all starts); the
+  best start is polished by scipy L-BFGS-B with the analytic gradient and bounds;
 * parameter confidence intervals come from refitting every bootstrap resample of the targets
-  (a ``[K, n]`` matrix) warm-started at the best fit, again in one stacked L-BFGS-B call, and taking
-  the 5th and 95th percentiles of the refitted parameters (in original units).
+  (a ``[K, n]`` matrix) warm-started at the best fit, again by the batched Levenberg-Marquardt,
+  and taking the 5th and 95th percentiles of the refitted parameters (in original units).
+  (L-BFGS-B on the K stacked resamples needs thousands of iterations where LM needs tens:
+  Gauss-Newton steps suit these small least-squares problems.)
 
 A law is a :class:`ScaledProblem`: it binds the data, does the rescaling, evaluates the log
 prediction and its Jacobian for a stack of parameter vectors, proposes starts, and maps fitted
 parameters back to original units. Data problems (too few points, constant targets, non-finite
-loss, optimiser failure, parameters at absurd values) never raise out of the public fit functions:
-they return a :class:`FitResult` whose ``status`` is ``"failed"`` or ``"degenerate"`` with a
-``reason``.
+loss, optimiser failure, parameters at absurd values or overflowing in original units) never raise
+out of the public fit functions: they return a :class:`FitResult` whose ``status`` is ``"failed"``
+or ``"degenerate"`` with a ``reason``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -533,25 +535,6 @@ def _finish(
     result.lo = dict(zip(names, lo.tolist(), strict=True))
     result.hi = dict(zip(names, hi.tolist(), strict=True))
     return result
-
-
-def guarded_fit(
-    build: Callable[[], ScaledProblem],
-    names: Sequence[str],
-    y: np.ndarray,
-    y_boot: np.ndarray | None = None,
-    **kwargs,
-) -> FitResult:
-    """Build a problem with ``build()`` and fit it; data errors become failed/degenerate results.
-
-    ``build`` may raise :class:`FitDataError` (e.g. an input with a single value).
-    """
-    try:
-        problem = build()
-    except FitDataError as err:
-        n = int(np.sum(np.isfinite(np.asarray(y, dtype=float))))
-        return failed_result(names, err.status, err.reason, n)
-    return fit_scaled(problem, y, y_boot, **kwargs)
 
 
 def fit_loglinear(inputs: Mapping[str, np.ndarray], y: np.ndarray) -> FitResult:

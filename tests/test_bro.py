@@ -265,3 +265,17 @@ def test_update_n_rejects_zero_updates():
     state = bro.init(jax.random.key(0), OBS_DIM, ACT_DIM, TINY)
     with pytest.raises(ValueError, match="n"):
         bro.update_n(state, replay_init(8, OBS_DIM, ACT_DIM), TINY, 0)
+
+
+def test_analytic_update_flops_agree_with_xla_cost_analysis():
+    from valuescale.flops import update_flops
+
+    cfg = bro.BROConfig(critic_width=128, actor_width=64, batch_size=32)
+    state = bro.init(jax.random.key(0), OBS_DIM, ACT_DIM, cfg)
+    batch = _random_batch(jax.random.key(1), cfg.batch_size)
+    compiled = jax.jit(bro.update, static_argnums=2).lower(state, batch, cfg).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    analytic = update_flops(OBS_DIM, ACT_DIM, cfg)
+    # XLA also counts elementwise work (LayerNorm, Adam, the pairwise quantile loss)
+    assert analytic <= cost["flops"] <= 1.6 * analytic, (analytic, cost["flops"])

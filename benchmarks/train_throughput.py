@@ -1,0 +1,327 @@
+"""Throughput of the BRO update (and optionally of the full training loop) on this machine.
+
+Prints, for each (seeds, critic width, batch size) cell, the updates/s of the jitted, seed-vmapped
+``bro.update_n`` (cheetah-run dimensions: obs 17, act 6; passive critic off), the achieved
+dense-layer GFLOP/s (analytic count, see ``valuescale.flops``), the same as a fraction of a
+2048^3 float32 matmul measured in the same run, and for one seed the ratio to the authors' BRO
+implementation measured on this box (anchor table below). With several seed counts it also prints
+the cost of S vmapped seeds relative to one seed. ``--train-loop`` adds env steps/s of a full
+``valuescale.train.run_training`` loop.
+
+Warm-up (compilation and two calls) is excluded; each cell is timed ``--repeats`` times and the
+median is reported. Other processes share the CPU: pin with ``--cpus 0,1`` (applied before JAX is
+imported) and check ``uptime`` before trusting a table.
+
+Examples::
+
+    python benchmarks/train_throughput.py --quick
+    python benchmarks/train_throughput.py --widths 64,256 --batches 64 --seeds 1
+    python benchmarks/train_throughput.py --json benchmarks/out/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OBS_DIM, ACT_DIM = 17, 6  # cheetah-run
+
+# updates/s of the authors' BRO implementation on this machine, one seed, cheetah-run dims
+ANCHOR: dict[tuple[int, int], float] = {
+    (64, 64): 176.0,
+    (64, 256): 29.7,
+    (64, 1024): 8.4,
+    (256, 64): 74.0,
+    (256, 256): 20.9,
+    (256, 1024): 5.5,
+    (512, 64): 37.0,
+    (512, 256): 11.9,
+    (512, 1024): 3.1,
+    (1024, 64): 7.4,
+    (1024, 256): 3.7,
+    (1024, 1024): 1.2,
+}
+
+
+def _int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{flag}: expected comma-separated ints, got {text!r}"
+        ) from None
+    if not values or any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError(f"{flag}: expected ints >= {minimum}, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--widths", default="64,256,512,1024", help="critic widths W")
+    p.add_argument("--batches", default="64,256,1024", help="batch sizes B")
+    p.add_argument("--seeds", default="1,5", help="numbers of vmapped seeds S")
+    p.add_argument(
+        "--updates-per-call", type=int, default=10, help="n of update_n (updates per jit call)"
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per cell (median)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repetition")
+    p.add_argument("--passive-critic", action="store_true", help="also train a passive critic")
+    p.add_argument("--cpus", default=None, help="pin to these CPU ids, e.g. 0,1 (before JAX)")
+    p.add_argument(
+        "--quick", action="store_true", help="W 64,512 x B 256 x S 1; 2 repeats of 0.5 s"
+    )
+    p.add_argument("--xla-cost", action="store_true", help="also print XLA's FLOP estimate")
+    p.add_argument(
+        "--train-loop", action="store_true", help="also time valuescale.train.run_training"
+    )
+    p.add_argument("--train-steps", type=int, default=6000, help="env steps of the loop run")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    return p
+
+
+def _time_calls(call, min_time: float, repeats: int) -> list[float]:
+    """Seconds per call, one value per repetition (each repetition lasts >= min_time)."""
+    t0 = time.perf_counter()
+    call()
+    one = max(time.perf_counter() - t0, 1e-6)
+    n_calls = max(1, int(min_time / one))
+    per_call = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            call()
+        per_call.append((time.perf_counter() - t0) / n_calls)
+    return per_call
+
+
+def bench_matmul(repeats: int, min_time: float) -> float:
+    """Median GFLOP/s of a 2048^3 float32 matmul."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    mm(a, b).block_until_ready()
+    times = _time_calls(lambda: mm(a, b).block_until_ready(), min_time, repeats)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _random_replay(capacity: int, seed: int):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from valuescale.replay import Replay
+
+    rng = np.random.default_rng(seed)
+    return Replay(
+        obs=jnp.asarray(rng.normal(size=(capacity, OBS_DIM)), jnp.float32),
+        actions=jnp.asarray(rng.uniform(-1, 1, size=(capacity, ACT_DIM)), jnp.float32),
+        rewards=jnp.asarray(rng.uniform(0, 1, size=capacity), jnp.float32),
+        masks=jnp.ones((capacity,), jnp.float32),
+        next_obs=jnp.asarray(rng.normal(size=(capacity, OBS_DIM)), jnp.float32),
+        pos=jnp.zeros((), jnp.int32),
+        size=jnp.asarray(capacity, jnp.int32),
+    )
+
+
+def bench_update(
+    width: int, batch: int, n_seeds: int, n: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """Time the jitted, seed-vmapped update_n of one cell."""
+    import jax
+
+    from valuescale.agents import bro
+    from valuescale.flops import update_flops
+    from valuescale.replay import stack_seeds
+
+    cfg = bro.BROConfig(
+        critic_width=width,
+        batch_size=batch,
+        passive_critic=args.passive_critic,
+        passive_critic_width=width,
+    )
+    states = bro.init_seeds(jax.random.split(jax.random.key(0), n_seeds), OBS_DIM, ACT_DIM, cfg)
+    replays = stack_seeds([_random_replay(max(10_000, batch), s) for s in range(n_seeds)])
+
+    def step(state, replay):
+        return bro.update_n(state, replay, cfg, n)
+
+    fn = jax.jit(jax.vmap(step), donate_argnums=0)
+    result: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if args.xla_cost:
+        compiled = fn.lower(states, replays).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        result["xla_flops_per_call"] = float(cost.get("flops", float("nan")))
+    holder = {"states": states}
+
+    def call():
+        holder["states"], info = fn(holder["states"], replays)
+        jax.block_until_ready(info)
+
+    call()
+    result["compile_s"] = time.perf_counter() - t0
+    call()
+    per_call = _time_calls(call, args.min_time, args.repeats)
+    sec_per_update = statistics.median(per_call) / n
+    flops = update_flops(OBS_DIM, ACT_DIM, cfg) * n_seeds
+    result.update(
+        seeds=n_seeds,
+        width=width,
+        batch_size=batch,
+        updates_per_s=1.0 / sec_per_update,
+        updates_per_s_min=n / max(per_call),
+        updates_per_s_max=n / min(per_call),
+        seed_updates_per_s=n_seeds / sec_per_update,
+        gflops=flops / sec_per_update / 1e9,
+        flops_per_update=float(flops),
+        critic_params=bro.critic_param_count(jax.tree.map(lambda x: x[0], holder["states"])),
+    )
+    return result
+
+
+def bench_train_loop(width: int, batch: int, steps: int) -> dict[str, float]:
+    """Env steps/s of run_training on cheetah-run (UTD 1, one seed, warm-up 1000 steps)."""
+    from valuescale.config import TrainConfig
+    from valuescale.train import run_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            env="cheetah-run",
+            seeds=(0,),
+            utd=1.0,
+            steps=steps,
+            critic_width=width,
+            batch_size=batch,
+            warmup_steps=1000,
+            eval_interval=steps,
+            eval_episodes=1,
+            checkpoint_every=0,
+            replay_size=max(steps, batch),
+            log_interval=1000,
+        )
+        t0 = time.perf_counter()
+        summary = run_training(cfg, Path(tmp), progress=False)
+        wall = time.perf_counter() - t0
+    return {
+        "width": width,
+        "batch_size": batch,
+        "steps": steps,
+        "wall_s": wall,
+        "env_steps_per_s": steps / wall,
+        "summary_wall_s": float(summary.get("wall_time_s", summary.get("wall_time", wall))),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        widths = _int_list(args.widths, "--widths")
+        batches = _int_list(args.batches, "--batches")
+        seed_counts = _int_list(args.seeds, "--seeds")
+        cpus = _int_list(args.cpus, "--cpus", minimum=0) if args.cpus else None
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    if args.updates_per_call < 1 or args.repeats < 1 or args.min_time <= 0:
+        parser.error("--updates-per-call and --repeats must be >= 1, --min-time > 0")
+    if args.quick:
+        widths, batches, seed_counts = [64, 512], [256], [1]
+        args.repeats, args.min_time = 2, 0.5
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; "
+        f"CPUs {sorted(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    matmul = bench_matmul(args.repeats, args.min_time)
+    print(f"2048^3 float32 matmul: {matmul:.1f} GFLOP/s (median)\n", flush=True)
+
+    header = (
+        f"{'S':>2} {'W':>5} {'B':>5} {'upd/s':>8} {'(min-max)':>15} {'GFLOP/s':>8} "
+        f"{'%mm':>5} {'anchor':>7} {'ratio':>6}"
+    )
+    print(header)
+    rows = []
+    for n_seeds in seed_counts:
+        for width in widths:
+            for batch in batches:
+                r = bench_update(width, batch, n_seeds, args.updates_per_call, args)
+                anchor = ANCHOR.get((width, batch)) if n_seeds == 1 else None
+                r["anchor_updates_per_s"] = anchor
+                r["ratio_to_anchor"] = r["updates_per_s"] / anchor if anchor else None
+                r["fraction_of_matmul"] = r["gflops"] / matmul
+                rows.append(r)
+                spread = f"({r['updates_per_s_min']:.1f}-{r['updates_per_s_max']:.1f})"
+                line = (
+                    f"{n_seeds:>2} {width:>5} {batch:>5} {r['updates_per_s']:>8.1f} {spread:>15} "
+                    f"{r['gflops']:>8.1f} {100 * r['fraction_of_matmul']:>4.0f}%"
+                )
+                if anchor:
+                    line += f" {anchor:>7.1f} {r['ratio_to_anchor']:>5.2f}x"
+                if "xla_flops_per_call" in r:
+                    line += f"  xla/analytic {r['xla_flops_per_call'] / r['flops_per_update']:.2f}"
+                print(line, flush=True)
+
+    if len(seed_counts) > 1 and 1 in seed_counts:
+        print("\ncost of S vmapped seeds relative to one seed (time per update):")
+        single = {(r["width"], r["batch_size"]): r for r in rows if r["seeds"] == 1}
+        for r in rows:
+            base = single.get((r["width"], r["batch_size"]))
+            if r["seeds"] > 1 and base:
+                r["cost_vs_one_seed"] = base["updates_per_s"] / r["updates_per_s"]
+                print(
+                    f"  S={r['seeds']} W={r['width']:>5} B={r['batch_size']:>5}: "
+                    f"{r['cost_vs_one_seed']:.2f}x"
+                )
+
+    loop = None
+    if args.train_loop:
+        try:
+            loop = bench_train_loop(widths[0], batches[0], args.train_steps)
+        except ImportError as e:
+            print(f"\ntrain loop skipped: {e}")
+        else:
+            print(
+                f"\nrun_training cheetah-run W={loop['width']} B={loop['batch_size']} UTD 1, "
+                f"{loop['steps']} steps: {loop['env_steps_per_s']:.1f} env steps/s "
+                "(whole run incl. compilation, warm-up and evaluation)"
+            )
+
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "jax": jax.__version__,
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "load_average": os.getloadavg(),
+            "matmul_gflops": matmul,
+            "updates_per_call": args.updates_per_call,
+            "passive_critic": args.passive_critic,
+            "rows": rows,
+            "train_loop": loop,
+        }
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,12 +18,17 @@ from snakemake.utils import validate
 
 from valuescale.tasks import DEFAULT_DELTA, TASKS
 
-# Conda environment of all jobs when run with --use-conda: the one environment.yml creates (it
-# installs this package); without --use-conda jobs run in the interpreter that runs Snakemake.
-CONDA_ENV = "valuescale"
+# Software of all jobs under --use-conda (the package's dependencies); without --use-conda jobs run
+# in the interpreter that runs Snakemake.
+CONDA_ENV = "../envs/valuescale.yaml"
 
-# Shell jobs call `python -m valuescale...`: put the interpreter that runs Snakemake (which has the
-# package) first on PATH, so that it works from an unactivated virtual environment too.
+# Jobs import the package from this checkout (also inside a conda environment), and shell jobs
+# call `python -m valuescale...`: put the interpreter that runs Snakemake first on PATH, so that
+# an unactivated virtual environment works too.
+_src = os.path.join(workflow.basedir, "src")
+_pythonpath = os.environ.get("PYTHONPATH", "")
+if _pythonpath.split(os.pathsep)[0] != _src:
+    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in [_src, _pythonpath] if p))
 _bindir = os.path.dirname(sys.executable)
 _path = os.environ["PATH"]
 if _path.split(os.pathsep)[0] != _bindir:
@@ -75,8 +80,8 @@ def validate_config(cfg):
     try:
         validate(cfg, schema="../schemas/config.schema.yaml")
     except WorkflowError as err:
-        cause = next((a for a in err.args if hasattr(a, "absolute_path")), None)
-        if cause is None:
+        cause = err.__context__  # the jsonschema ValidationError
+        if not hasattr(cause, "absolute_path"):
             raise
         key = _dotted(list(cause.absolute_path))
         hint = ""
@@ -393,23 +398,18 @@ def get_train_runs():
     return [f"{RUN_DIR.format(**job._asdict())}/curves.parquet" for job in TRAIN_JOBS]
 
 
-def get_train_seeds(wildcards):
-    return ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
-
-
-def get_train_flags(wildcards):
-    """Engine flags of every training setting that is not in the path.
-
-    A params value, so changing any of them reruns the affected train jobs.
-    """
-    flags = []
+def get_train_args(wildcards):
+    """Engine flags of the job's seeds, its run folder and every training setting that is not in
+    the path. A params value, so changing any setting reruns the affected train jobs."""
+    seeds = ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
+    args = [f"--seeds {seeds}", f"--out {RUN_DIR.format(**wildcards)}"]
     for key, value in sorted(train_settings(wildcards.env).items()):
         name = key.replace("_", "-")
         if isinstance(value, bool):
-            flags.append(f"--{name}" if value else f"--no-{name}")
+            args.append(f"--{name}" if value else f"--no-{name}")
         else:
-            flags.append(f"--{name} {value}")
-    return " ".join(flags)
+            args.append(f"--{name} {value}")
+    return " ".join(args)
 
 
 def _n_seeds(wildcards):

@@ -13,9 +13,7 @@ rule train:
     benchmark:
         f"{BENCHMARKS}/train/{RUN_NAME}.tsv"
     params:
-        seeds=get_train_seeds,
-        settings=get_train_flags,
-        out_dir=lambda wildcards, output: os.path.dirname(output.curves),
+        args=get_train_args,
     threads: config["resources"]["train"]["threads"]
     resources:
         mem_mb=get_train_mem_mb,
@@ -26,5 +24,4 @@ rule train:
     shell:
         "python -m valuescale.train --env {wildcards.env} --agent {wildcards.agent}"
         " --utd {wildcards.utd} --width {wildcards.width} --batch-size {wildcards.batch_size}"
-        " --lr {wildcards.lr} --seeds {params.seeds} {params.settings}"
-        " --out {params.out_dir} --threads {threads} > {log} 2>&1"
+        " --lr {wildcards.lr} {params.args} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,315 @@
+"""Wall time of the whole analysis on the published curves: ingest -> crossings -> fits ->
+allocation -> evaluation tables -> proposal -> figures, stage by stage.
+
+Runs the stage functions of :mod:`valuescale.pipeline` exactly as the workflow calls them, with
+the settings the workflow would pass for a study of every published zip (defaults from
+``workflow/schemas/config.schema.yaml``, per-env values from the paper's Table 2), writing into a
+temporary folder (or ``--out``). Figures are drawn when :mod:`valuescale.plots` provides
+``render_figure``. Prints a per-stage table, the total, and the headline numbers of the
+evaluation tables. Target: <= 120 s on the 2-core development box.
+
+Examples::
+
+    python benchmarks/analysis.py
+    python benchmarks/analysis.py --n-bootstrap 0 --no-figures
+    python benchmarks/analysis.py --published ../shared/data/published --out /tmp/analysis
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_PUBLISHED = (REPO / ".." / "shared" / "data" / "published").resolve()
+TARGET_S = 120.0
+FIGURE_INPUTS: dict[str, list[str]] = {
+    "fig_scaling": ["crossings", "fits_data_efficiency", "compute_optimal"],
+    "fig_batch_size": ["best_batch_size", "fits_batch_size"],
+    "fig_data_efficiency": ["crossings", "fits_data_efficiency"],
+    "fig_budget": ["budget_optimal", "budget_fits"],
+    "fig_preprocessing": ["curves", "thresholds"],
+    "fig_passive_critic": ["curves", "passive_critic_slopes"],
+    "fig_overfitting": ["curves"],
+    "fig_learning_curves": ["curves", "thresholds"],
+}
+
+
+def schema_defaults(node: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """The default value of a schema node, with nested object defaults filled in."""
+    if "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[-1]]
+    if node.get("type") == "object" and "properties" in node:
+        out = dict(node.get("default") or {})
+        for key, sub in node["properties"].items():
+            value = schema_defaults(sub, defs)
+            if value is not None and key not in out:
+                out[key] = value
+        return out
+    return node.get("default")
+
+
+def study_settings(n_bootstrap: int | None) -> dict[str, dict[str, Any]]:
+    """``analysis_settings(stage)`` of a published-only study with the schema's defaults."""
+    from valuescale.tasks import TASKS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    defs = schema.get("$defs", {})
+    analysis = schema_defaults(schema["properties"]["analysis"], defs)
+    train = schema_defaults(defs["train_settings"], defs)
+    if n_bootstrap is not None:
+        analysis["fits"]["n_bootstrap"] = n_bootstrap
+    envs = {
+        env: {"j_min": t.j_min, "j_max": None, "delta": t.delta, "max_step": None}
+        for env, t in TASKS.items()
+    }
+    if analysis["thresholds"].get("paper_j_max"):
+        for env, t in TASKS.items():
+            envs[env]["j_max"] = t.j_max
+    return {
+        "crossings": {
+            "envs": {e: {k: v[k] for k in ("j_min", "j_max", "max_step")} for e, v in envs.items()},
+            "reset_interval": {"bro": train["reset_interval"] or None, "simbav2": None},
+            "thresholds": analysis["thresholds"],
+            "bootstrap": analysis["bootstrap"],
+            "batch_size": analysis["batch_size"],
+        },
+        "fits": {"fits": analysis["fits"]},
+        "allocation": {
+            "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
+            "compute": analysis["compute"],
+            "budget": analysis["budget"],
+            "fits": analysis["fits"],
+        },
+        "evaluation": {
+            "compute": analysis["compute"],
+            "fits": analysis["fits"],
+            "bootstrap": analysis["bootstrap"],
+        },
+        "proposal": {
+            "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
+            "compute": analysis["compute"],
+            "proposal": analysis["proposal"],
+            "train": train,
+        },
+        "figures": {"figures": analysis["figures"]},
+    }
+
+
+class Timer:
+    """Collects (stage, seconds) rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float]] = []
+
+    def run(self, stage: str, fn: Callable[[], None]) -> None:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        self.rows.append((stage, seconds))
+        print(f"  {stage:<34s} {seconds:7.1f} s", flush=True)
+
+
+def headline(tables: Path) -> None:
+    """Print the numbers the paper reports, from the evaluation tables."""
+    fe = pd.read_csv(tables / "fit_errors.csv")
+    d = fe[(fe["quantity"] == "D") & (fe["variant"] == "per_env") & (fe["scope"] == "average")]
+    print("\nD_J fit errors (per_env, mean over envs; paper: 10.0 / 14.9 / 18.0 %):")
+    for row in d.itertuples(index=False):
+        print(
+            f"  fits on {row.fit_source:<42s} {row.set:<13s} {100 * row.mean_rel_error:5.1f} % "
+            f"(n = {row.n})"
+        )
+    b = fe[(fe["quantity"] == "batch_size") & fe["scope"].isin(["all", "humanoidbench"])]
+    if len(b):
+        print("batch-size rule vs log-linear (paper: 48.9 % vs 55.1 %):")
+        for row in b.itertuples(index=False):
+            print(
+                f"  {row.agent} {row.scope} {row.set:<7s} {row.variant:<10s} "
+                f"{100 * row.mean_rel_error:5.1f} % (n = {row.n})"
+            )
+    path = tables / "allocation_strategies.csv"
+    if path.is_file():
+        st = pd.read_csv(path)
+        print("allocation strategies (data relative to compute-optimal, equal budget):")
+        for row in st[st["scope"] == "all"].itertuples(index=False):
+            print(
+                f"  {row.strategy:<16s} mean {row.mean_ratio:.3f} median {row.median_ratio:.3f} "
+                f"(n = {row.n}, not reached {row.n_not_reached})"
+            )
+    path = tables / "passive_critic_slopes.csv"
+    if path.is_file():
+        ps = pd.read_csv(path)
+        print("passive critic: average log-log slope of validation TD loss:")
+        for row in ps[ps["env"] == "average"].itertuples(index=False):
+            print(f"  {row.metric:<32s} vs {row.against:<14s} {row.slope:+.3f}")
+    bf = pd.read_csv(tables / "budget_fits.csv")
+    if len(bf):
+        print("budget lines, median R^2 (log space, all budgets) by variant:")
+        print(
+            bf.pivot_table(index="variant", columns="quantity", values="r2", aggfunc="median")
+            .round(3)
+            .to_string()
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--published",
+        type=Path,
+        default=DEFAULT_PUBLISHED,
+        help="folder with the published zips and design/ (default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: temp)")
+    parser.add_argument(
+        "--n-bootstrap",
+        type=int,
+        default=None,
+        help="override analysis.fits.n_bootstrap (default: the schema's)",
+    )
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument("--verbose", action="store_true", help="log the stages' messages")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+    from valuescale import pipeline
+
+    zips = sorted(args.published.glob("*.zip"))
+    if not zips:
+        print(f"no published zips in {args.published}", file=sys.stderr)
+        return 2
+    settings = study_settings(args.n_bootstrap)
+    with tempfile.TemporaryDirectory(prefix="valuescale-bench-") as tmp:
+        root = args.out or Path(tmp)
+        t = root / "tables"
+        timer = Timer()
+        print(f"{len(zips)} published zips from {args.published}; results in {root}")
+        total_start = time.perf_counter()
+
+        def ingest() -> None:
+            for z in zips:
+                pipeline.import_published(z, z.stem, t / "published" / f"{z.stem}.parquet")
+            pipeline.merge_curves(
+                [t / "published" / f"{z.stem}.parquet" for z in zips], t / "curves.parquet"
+            )
+
+        timer.run("ingest (import + merge)", ingest)
+        timer.run(
+            "crossings (+ thresholds, B*)",
+            lambda: pipeline.crossings(
+                t / "curves.parquet",
+                out_crossings=t / "crossings.parquet",
+                out_thresholds=t / "thresholds.csv",
+                out_best_batch_size=t / "best_batch_size.csv",
+                settings=settings["crossings"],
+            ),
+        )
+        timer.run(
+            "fits",
+            lambda: pipeline.fits(
+                t / "crossings.parquet",
+                t / "best_batch_size.csv",
+                out_batch_size=t / "fits_batch_size.csv",
+                out_data_efficiency=t / "fits_data_efficiency.csv",
+                settings=settings["fits"],
+            ),
+        )
+        timer.run(
+            "allocation",
+            lambda: pipeline.allocation(
+                t / "crossings.parquet",
+                t / "fits_data_efficiency.csv",
+                t / "fits_batch_size.csv",
+                out_compute_optimal=t / "compute_optimal.csv",
+                out_budget_optimal=t / "budget_optimal.csv",
+                out_budget_fits=t / "budget_fits.csv",
+                settings=settings["allocation"],
+            ),
+        )
+        timer.run(
+            "fit_errors",
+            lambda: pipeline.fit_errors(
+                t / "crossings.parquet",
+                t / "fits_data_efficiency.csv",
+                t / "best_batch_size.csv",
+                t / "fits_batch_size.csv",
+                out=t / "fit_errors.csv",
+                settings=settings["evaluation"],
+            ),
+        )
+        design = sorted(str(p) for p in (args.published / "design").glob("*.csv"))
+        if design:
+            timer.run(
+                "allocation_strategies",
+                lambda: pipeline.allocation_strategies(
+                    t / "crossings.parquet",
+                    design,
+                    out=t / "allocation_strategies.csv",
+                    settings=settings["evaluation"],
+                ),
+            )
+        timer.run(
+            "passive_critic_slopes",
+            lambda: pipeline.passive_critic_slopes(
+                t / "curves.parquet",
+                out=t / "passive_critic_slopes.csv",
+                settings=settings["evaluation"],
+            ),
+        )
+        timer.run(
+            "proposal",
+            lambda: pipeline.proposal(
+                t / "fits_data_efficiency.csv",
+                t / "fits_batch_size.csv",
+                t / "compute_optimal.csv",
+                t / "budget_fits.csv",
+                out=root / "proposal.yaml",
+                settings=settings["proposal"],
+            ),
+        )
+        if not args.no_figures:
+            try:
+                from valuescale.plots import render_figure  # noqa: F401
+            except ImportError as exc:
+                print(f"  figures skipped: {exc}")
+            else:
+                for name, keys in FIGURE_INPUTS.items():
+                    inputs = {
+                        k: str(t / (f"{k}.parquet" if k in ("curves", "crossings") else f"{k}.csv"))
+                        for k in keys
+                    }
+                    timer.run(
+                        f"figure {name}",
+                        lambda name=name, inputs=inputs: pipeline.figure(
+                            name,
+                            inputs,
+                            out_pdf=root / "figures" / f"{name}.pdf",
+                            out_png=root / "figures" / f"{name}.png",
+                            settings=settings["figures"],
+                        ),
+                    )
+        total = time.perf_counter() - total_start
+        print(
+            f"  {'total':<34s} {total:7.1f} s  (target <= {TARGET_S:.0f} s: "
+            f"{'met' if total <= TARGET_S else 'MISSED'})"
+        )
+        headline(t)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

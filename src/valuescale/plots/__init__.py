@@ -44,12 +44,14 @@ from collections.abc import Callable, Mapping
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
+from valuescale.plots import batch_size, budget, curves, laws, losses
 from valuescale.plots._common import (
     DEFAULT_DPI,
     STYLE,
     Inputs,
     NoData,
     TableError,
+    TableSpec,
     no_data_figure,
     save_atomically,
 )
@@ -88,6 +90,30 @@ FIGURE_INPUTS: dict[str, tuple[str, ...]] = {
     "fig_learning_curves": ("curves", "thresholds"),
 }
 
+# Columns each figure reads from each input (checked before drawing).
+FIGURE_SPECS: dict[str, dict[str, TableSpec]] = {
+    "fig_scaling": {
+        "crossings": laws.CROSSINGS,
+        "fits_data_efficiency": laws.FITS,
+        "compute_optimal": laws.COMPUTE_OPTIMAL,
+        "best_batch_size": laws.BEST_BATCH_SIZE,
+    },
+    "fig_batch_size": {
+        "best_batch_size": batch_size.BEST_BATCH_SIZE,
+        "fits_batch_size": batch_size.FITS_BATCH_SIZE,
+    },
+    "fig_data_efficiency": {
+        "crossings": laws.CROSSINGS,
+        "fits_data_efficiency": laws.FITS,
+        "best_batch_size": laws.BEST_BATCH_SIZE,
+    },
+    "fig_budget": {"budget_optimal": budget.BUDGET_OPTIMAL, "budget_fits": budget.BUDGET_FITS},
+    "fig_preprocessing": {"curves": curves.CURVES, "thresholds": curves.THRESHOLDS},
+    "fig_passive_critic": {"curves": curves.CURVES, "passive_critic_slopes": losses.SLOPES},
+    "fig_overfitting": {"curves": curves.CURVES},
+    "fig_learning_curves": {"curves": curves.CURVES, "thresholds": curves.THRESHOLDS},
+}
+
 TITLES: dict[str, str] = {
     "fig_scaling": "Data efficiency D_J over (σ, N) and the compute-optimal allocation",
     "fig_batch_size": "Best batch size B* vs UTD ratio σ and critic size N",
@@ -124,6 +150,8 @@ def build_figure(
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; expected one of {sorted(FIGURES)}")
     tables = Inputs(name, {k: str(v) for k, v in inputs.items()})
+    for key, spec in FIGURE_SPECS[name].items():
+        tables.check(key, spec)  # every input's columns, before anything is drawn
     try:
         return FIGURES[name](tables, figure_settings(settings))
     except NoData as empty:

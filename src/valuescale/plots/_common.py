@@ -127,6 +127,36 @@ class Inputs:
             self._cache[cache_key] = self._load(key, spec, filters)
         return self._cache[cache_key]
 
+    def check(self, key: str, spec: TableSpec) -> None:
+        """Check that table ``key`` (if given, existing and non-empty) has the required columns,
+        reading only its header.
+
+        Raises:
+            TableError: a required column is missing or the file cannot be read.
+        """
+        path = self.path(key)
+        if path is None or not Path(path).exists():
+            return
+        p = Path(path)
+        where = f"{self.figure}: table {key!r} ({p})"
+        try:
+            if p.suffix == ".parquet":
+                names = list(pq.read_schema(p).names)
+            elif p.suffix == ".csv":
+                if p.stat().st_size == 0:
+                    return
+                try:
+                    names = list(pd.read_csv(p, nrows=0).columns)
+                except pd.errors.EmptyDataError:
+                    return
+            else:
+                raise TableError(f"{where}: unsupported format {p.suffix!r} (use .parquet or .csv)")
+        except TableError:
+            raise
+        except (OSError, ValueError) as err:
+            raise TableError(f"{where}: cannot be read: {err}") from err
+        _check_columns(names, spec, where)
+
     def path(self, key: str) -> str | None:
         """The path of table ``key``, or None when it was not given."""
         value = self.paths.get(key)
@@ -241,10 +271,10 @@ def human(x: float, pos: object = None) -> str:
 
 
 def plain(x: float, pos: object = None) -> str:
-    """Short plain number: 0.5, 1, 2, 15, 1024."""
+    """Short plain number: 0.5, 1, 2, 15, 1024, 2048."""
     if x is None or not np.isfinite(x):
         return ""
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
 def percent(x: float) -> str:
@@ -542,3 +572,18 @@ def padded_log_range(values: Iterable[float], factor: float = 1.3) -> tuple[floa
     if vals.size == 0:
         return 1.0, 10.0
     return float(vals.min() / factor), float(vals.max() * factor)
+
+
+def robust_log_range(
+    values: Iterable[float], factor: float = 1.3, min_decades: float = 1.0
+) -> tuple[float, float]:
+    """Padded log range of the bulk of ``values``: outliers further than ``max(min_decades,
+    4 MAD)`` decades from the median (e.g. degenerate fits) are left out of the view."""
+    vals = np.array([v for v in values if np.isfinite(v) and v > 0], dtype=float)
+    if vals.size == 0:
+        return 1.0, 10.0
+    logs = np.log10(vals)
+    med = float(np.median(logs))
+    mad = float(np.median(np.abs(logs - med))) * 1.4826
+    keep = np.abs(logs - med) <= max(min_decades, 4 * mad)
+    return padded_log_range(vals[keep], factor)

@@ -35,7 +35,7 @@ BEST_BATCH_SIZE = TableSpec(
 )
 FITS_BATCH_SIZE = TableSpec(
     required=("scope", *BATCH_PARAMS, "status"),
-    optional=("agent", "source", "level", "rel_error", "loglinear_rel_error"),
+    optional=("agent", "source", "level", "basis", "rel_error", "loglinear_rel_error"),
     numeric=(*BATCH_PARAMS, "rel_error", "loglinear_rel_error"),
 )
 MIN_BATCH_SIZES = 3
@@ -65,6 +65,8 @@ def _law_for(fits: pd.DataFrame | None, key: Mapping[str, object]) -> tuple[pd.S
     if fits is None:
         return None, ""
     ok = fits[fits["status"].astype(str) == "ok"]
+    if "basis" in ok:  # laws fitted to measured B*, not to the batch sizes the runs used
+        ok = ok[ok["basis"].astype(str) == "B_star"]
     params = ok[list(BATCH_PARAMS)].to_numpy(float)
     ok = ok[np.all(np.isfinite(params), axis=1)]
     for column in ("agent", "source"):

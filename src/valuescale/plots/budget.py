@@ -21,6 +21,7 @@ from valuescale.plots._common import (
     panel_grid,
     panel_title,
     plain,
+    robust_log_range,
     sci,
 )
 from valuescale.plots.laws import VARIANT_LABELS, _variants_setting
@@ -84,10 +85,13 @@ def _draw(
     if line is not None and "n_fit" in line and np.isfinite(line["n_fit"]):
         n_fit = int(line["n_fit"])
     n_fit = max(0, min(n_fit, len(budget)))
-    ax.scatter(budget[:n_fit], y[:n_fit], color=FIT_COLOUR, s=14, zorder=3)
+    y_lo, y_hi = robust_log_range(y, 1.3)
+    inside = (y >= y_lo) & (y <= y_hi)
+    fitted = np.arange(len(y)) < n_fit
+    ax.scatter(budget[fitted & inside], y[fitted & inside], color=FIT_COLOUR, s=14, zorder=3)
     ax.scatter(
-        budget[n_fit:],
-        y[n_fit:],
+        budget[~fitted & inside],
+        y[~fitted & inside],
         facecolors="white",
         edgecolors=HELDOUT_COLOUR,
         marker="D",
@@ -95,6 +99,28 @@ def _draw(
         lw=1.0,
         zorder=3,
     )
+    for side, limit, marker in ((y > y_hi, y_hi, "^"), (y < y_lo, y_lo, "v")):
+        if side.any():
+            ax.scatter(
+                budget[side],
+                np.full(side.sum(), limit),
+                marker=marker,
+                color="0.45",
+                s=18,
+                zorder=4,
+                clip_on=False,
+            )
+    if (~inside).any():
+        ax.text(
+            0.98,
+            0.03,
+            f"{int((~inside).sum())} off-scale (▲▼)",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=6.5,
+            color="0.35",
+        )
     x_lo, x_hi = padded_log_range(budget, 1.3)
     if line is not None:
         split = budget[n_fit - 1] if 0 < n_fit <= len(budget) else x_hi
@@ -113,7 +139,7 @@ def _draw(
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_lo, x_hi)
-    ax.set_ylim(*padded_log_range(y, 1.3))
+    ax.set_ylim(y_lo, y_hi)
     ax.set_ylabel(label)
     ax.set_xlabel("budget F: FLOPs")
     log_ticks(ax.yaxis, None, fmt)

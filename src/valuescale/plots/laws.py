@@ -179,10 +179,13 @@ def _fit_text(fit: pd.Series) -> str:
 
 def _threshold_text(fit: pd.Series) -> str:
     threshold = fit.get("threshold")
-    j = f"J={threshold:.0f}" if threshold is not None and np.isfinite(threshold) else "each env's J"
-    return (
-        f"{j} (#{int(fit['threshold_idx'])}), {VARIANT_LABELS.get(fit['variant'], fit['variant'])}"
+    idx = int(fit["threshold_idx"])
+    j = (
+        f"J={threshold:.0f} (#{idx})"
+        if threshold is not None and np.isfinite(threshold)
+        else f"J #{idx} per env"
     )
+    return f"{VARIANT_LABELS.get(fit['variant'], fit['variant'])}, {j}"
 
 
 def _suptitle(fig: Figure, title: str, fits: pd.DataFrame) -> None:
@@ -341,9 +344,11 @@ def _draw_scaling(ax: Axes, panel: _ScalingPanel, scale: ColourScale) -> None:
     ax.set_xlabel("UTD ratio σ")
     ax.set_ylabel("critic parameters N")
     hidden = int(len(optima) - inside.sum()) if len(optima) else 0
-    fit_text = _fit_text(fit).replace("\n", ", ") + (f", {hidden} σ*,N* off-axis" if hidden else "")
     ax.set_title(
-        panel_title(fit["scope"], fit.get("agent"), _threshold_text(fit) + "\n" + fit_text)
+        f"{panel_title(fit['scope'], fit.get('agent'))}\n{_threshold_text(fit)}\n"
+        + _fit_text(fit).replace("\n", ", ")
+        + (f"\n({hidden} compute-optimal points off-axis)" if hidden else ""),
+        fontsize=8,
     )
 
 

@@ -75,6 +75,21 @@ def _dotted(path):
     return out or "<top level>"
 
 
+SCHEMA_PATH = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+
+
+def _float_train_settings():
+    import yaml
+
+    with open(SCHEMA_PATH) as f:
+        schema = yaml.safe_load(f)
+    props = schema["$defs"]["train_settings"]["properties"]
+    return {key for key, spec in props.items() if spec.get("type") == "number"}
+
+
+FLOAT_TRAIN_SETTINGS = _float_train_settings()
+
+
 def validate_config(cfg):
     """Schema validation (fills in defaults), re-raised as a ValueError naming the key."""
     try:
@@ -398,18 +413,36 @@ def get_train_runs():
     return [f"{RUN_DIR.format(**job._asdict())}/curves.parquet" for job in TRAIN_JOBS]
 
 
+# Train settings that change no result: passed to the engine outside the tracked params, so
+# changing them never reruns training.
+OPERATIONAL_TRAIN_SETTINGS = {"checkpoint_every"}
+
+
 def get_train_args(wildcards):
-    """Engine flags of the job's seeds, its run folder and every training setting that is not in
-    the path. A params value, so changing any setting reruns the affected train jobs."""
+    """Engine flags of the job's seeds and of every training setting that is not in the path
+    (except the operational ones). A params value: changing any of them reruns the job."""
     seeds = ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
-    args = [f"--seeds {seeds}", f"--out {RUN_DIR.format(**wildcards)}"]
+    args = [f"--seeds {seeds}"]
     for key, value in sorted(train_settings(wildcards.env).items()):
+        if key in OPERATIONAL_TRAIN_SETTINGS:
+            continue
         name = key.replace("_", "-")
         if isinstance(value, bool):
             args.append(f"--{name}" if value else f"--no-{name}")
+        elif key in FLOAT_TRAIN_SETTINGS:
+            # 1 and 1.0 are the same setting: one spelling, so neither reruns training
+            args.append(f"--{name} {float(value)!r}")
         else:
             args.append(f"--{name} {value}")
     return " ".join(args)
+
+
+def get_train_run_args(wildcards, output):
+    """The run folder and the operational settings. Derived from the output (Snakemake excludes
+    params computed from `output` from its params rerun trigger)."""
+    settings = train_settings(wildcards.env)
+    out_dir = os.path.dirname(output.curves)
+    return f"--out {out_dir} --checkpoint-every {settings['checkpoint_every']}"
 
 
 def _n_seeds(wildcards):
@@ -477,7 +510,8 @@ def analysis_settings(stage):
             "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
             "compute": dict(analysis["compute"]),
             "proposal": dict(analysis["proposal"]),
-            "train": dict(config["train"]),
+            # the width of a proposed critic size depends on the critic's depth
+            "train": {"critic_depth": config["train"]["critic_depth"]},
         }
     if stage == "figures":
         return {"figures": dict(analysis["figures"])}

@@ -14,6 +14,7 @@ rule train:
         f"{BENCHMARKS}/train/{RUN_NAME}.tsv"
     params:
         args=get_train_args,
+        run_args=get_train_run_args,
     threads: config["resources"]["train"]["threads"]
     resources:
         mem_mb=get_train_mem_mb,
@@ -24,4 +25,5 @@ rule train:
     shell:
         "python -m valuescale.train --env {wildcards.env} --agent {wildcards.agent}"
         " --utd {wildcards.utd} --width {wildcards.width} --batch-size {wildcards.batch_size}"
-        " --lr {wildcards.lr} {params.args} --threads {threads} > {log} 2>&1"
+        " --lr {wildcards.lr} {params.args} {params.run_args}"
+        " --threads {threads} > {log} 2>&1"

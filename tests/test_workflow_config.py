@@ -1,0 +1,209 @@
+"""Bad workflow configs fail before any job starts, with a message naming the offending key.
+
+Each case runs `snakemake -n` on a tiny study in a scratch directory (the real Snakefile, a config
+written to the scratch directory) and checks the exit status and the key in the error message.
+A valid control config must dry-run, so the failures are about the mutated key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
+
+BASE = {
+    "results_dir": "results",
+    "seeds": 2,
+    "grid": [
+        {
+            "envs": ["cartpole-swingup"],
+            "agents": ["bro"],
+            "utd": [1, 2],
+            "widths": [32, 64],
+            "batch_sizes": [64],
+            "lrs": [3.0e-4],
+        }
+    ],
+    "train": {"steps": 2000, "warmup_steps": 500, "eval_interval": 500, "replay_size": 2000},
+    "analysis": {"envs": {"cartpole-swingup": {"j_min": 100.0}}},
+}
+
+
+def dry_run(tmp_path: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+    cmd += ["--directory", str(tmp_path), "--configfile", str(cfg), "-n", "--quiet", "rules"]
+    return subprocess.run(cmd + list(extra), capture_output=True, text=True, cwd=tmp_path)
+
+
+def mutate(path: str, value) -> dict:
+    """BASE with the value at a dotted path (list indices as ints) replaced."""
+    config = copy.deepcopy(BASE)
+    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    node = config
+    for key in keys[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(key, {})
+        else:
+            node = node[key]
+    node[keys[-1]] = value
+    return config
+
+
+def test_valid_control_config_dry_runs(tmp_path):
+    proc = dry_run(tmp_path, BASE)
+    assert proc.returncode == 0, proc.stderr
+    # 2 utd x 2 widths, both seeds in one job
+    assert any(line.split() == ["train", "4"] for line in proc.stdout.splitlines()), proc.stdout
+
+
+BAD_CASES = {
+    "unknown_env": (mutate("grid.0.envs", ["cartpole-swingupp"]), ["grid[0].envs", "unknown env"]),
+    "utd_zero": (mutate("grid.0.utd", [1, 0]), ["grid[0].utd[1]"]),
+    "utd_negative": (mutate("grid.0.utd", [-0.5]), ["grid[0].utd[0]"]),
+    "non_integer_width": (mutate("grid.0.widths", [64.5]), ["grid[0].widths[0]"]),
+    "batch_larger_than_replay": (
+        mutate("grid.0.batch_sizes", [64, 4096]),
+        ["grid[0].batch_sizes", "replay"],
+    ),
+    "empty_utd_list": (mutate("grid.0.utd", []), ["grid[0].utd"]),
+    "empty_study": (mutate("grid", []), ["'grid'", "empty"]),
+    "unknown_agent": (mutate("grid.0.agents", ["sac"]), ["grid[0].agents[0]"]),
+    "agent_not_implemented": (mutate("grid.0.agents", ["simbav2"]), ["grid[0].agents"]),
+    "j_min_not_below_j_max": (
+        mutate("analysis.envs.cartpole-swingup", {"j_min": 500.0, "j_max": 400.0}),
+        ["analysis.envs.cartpole-swingup.j_min"],
+    ),
+    "unknown_published_zip": (
+        mutate("published", {"zips": {"not_a_zip": {}}}),
+        ["published.zips", "not_a_zip"],
+    ),
+    "bad_sha256": (
+        mutate("published", {"zips": {"fitted_bs": {"sha256": "abc"}}}),
+        ["published.zips.fitted_bs.sha256"],
+    ),
+    "seeds_per_job_zero": (mutate("seeds_per_job", 0), ["seeds_per_job"]),
+    "seeds_per_job_string": (mutate("seeds_per_job", "all"), ["seeds_per_job"]),
+    "negative_steps": (mutate("train.steps", -5), ["train.steps"]),
+    "warmup_not_below_steps": (mutate("train.warmup_steps", 2000), ["train.warmup_steps"]),
+    "duplicate_seeds": (mutate("seeds", [0, 1, 1]), ["seeds"]),
+    "unknown_top_level_key": (mutate("gird", []), ["gird"]),
+    "unknown_train_key": (mutate("train.learning_rate", 0.1), ["train", "learning_rate"]),
+    "lr_read_as_string": (mutate("grid.0.lrs", ["3e-4"]), ["grid[0].lrs[0]", "3.0e-4"]),
+    "override_env_not_in_grid": (
+        mutate("train_overrides", {"walker-run": {"steps": 100}}),
+        ["train_overrides.walker-run"],
+    ),
+    "heldout_budgets_leave_too_few": (
+        mutate("analysis.budget", {"n_heldout": 19}),
+        ["analysis.budget.n_heldout"],
+    ),
+    "proposal_threshold_out_of_range": (
+        mutate("analysis.proposal", {"threshold_idx": 20}),
+        ["analysis.proposal.threshold_idx"],
+    ),
+    "published_source_missing_dir": (
+        mutate("published", {"zips": {"fitted_bs": {}}}) | {"published_source": "no/such/dir"},
+        ["published_source"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_config_fails_naming_the_key(tmp_path, case):
+    config, needles = BAD_CASES[case]
+    proc = dry_run(tmp_path, config)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{case} was accepted:\n{output[-2000:]}"
+    for needle in needles:
+        assert needle in output, f"{case}: {needle!r} not in:\n{output[-2000:]}"
+    # it failed while loading the config: no DAG, no job
+    assert "Job stats" not in output and "Building DAG" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_local_source_lacking_a_required_zip_fails(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    config = mutate("published", {"zips": {"fitted_bs": {}}}) | {"published_source": str(source)}
+    proc = dry_run(tmp_path, config)
+    assert proc.returncode != 0
+    assert "published.zips.fitted_bs" in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- schema vs engine
+
+
+def load_schema() -> dict:
+    return yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_train_settings_are_the_engines_config_fields_with_its_defaults():
+    from valuescale.config import TrainConfig
+
+    in_path = {"env", "agent", "seeds", "utd", "critic_width", "batch_size", "lr"}
+    engine = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if not f.name.startswith("_") and f.name not in in_path
+    }
+    schema = load_schema()["$defs"]["train_settings"]["properties"]
+    assert set(schema) == set(engine)
+    for key, spec in schema.items():
+        assert spec["default"] == engine[key], key
+
+
+def _walk(node: dict, where: str):
+    for key, spec in node.get("properties", {}).items():
+        yield f"{where}.{key}", spec
+        yield from _walk(spec, f"{where}.{key}")
+    for name, spec in node.get("$defs", {}).items():
+        yield from _walk(spec, f"$defs.{name}")
+
+
+def test_every_schema_key_has_a_description_and_a_type():
+    schema = load_schema()
+    defs = schema["$defs"]
+    for where, spec in _walk(schema, ""):
+        if "$ref" in spec:
+            spec = {**defs[spec["$ref"].split("/")[-1]], **spec}
+        assert "description" in spec, f"{where} has no description"
+        assert "type" in spec or "oneOf" in spec, f"{where} has no type"
+
+
+def test_every_optional_top_level_and_settings_key_has_a_default():
+    schema = load_schema()
+    defs = schema["$defs"]
+    # per-env analysis entries have no defaults on purpose: an absent key means the paper's value
+    skip = {"$defs.env_analysis", "$defs.grid_block"}
+    for where, spec in _walk(schema, ""):
+        parent = where.rsplit(".", 1)[0]
+        if parent in skip or where.startswith("$defs.env_analysis"):
+            continue
+        if "$ref" in spec:
+            spec = {**defs[spec["$ref"].split("/")[-1]], **spec}
+        if spec.get("type") == "object" and "properties" not in spec:
+            continue
+        assert "default" in spec, f"{where} has no default"
+
+
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "published.yaml", "paper_humanoidbench.yaml", "paper_dmc.yaml"]
+)
+def test_shipped_configs_are_valid(tmp_path, name):
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    extra = []
+    if name == "published.yaml" and SHARED_PUBLISHED.is_dir():
+        extra = ["--config", f"published_source={SHARED_PUBLISHED}"]
+    proc = dry_run(tmp_path, config, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Job stats" in proc.stdout + proc.stderr

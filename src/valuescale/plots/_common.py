@@ -314,7 +314,7 @@ def nice_log_ticks(lo: float, hi: float, max_ticks: int = 7) -> np.ndarray:
         ((1.0,), 3),
         ((1.0, 2.0, 5.0), 3),
         ((1.0, 2.0, 3.0, 5.0), 2),
-        ((1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0), 0),
+        ((1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0), 0),
     )
     for subs, enough in choices:
         cand = np.array([m * 10.0**e for e in exponents for m in subs])

@@ -1,0 +1,376 @@
+"""Figures (``valuescale.plots``): every figure from small real tables, the "no data" path,
+malformed tables, atomic outputs, synthetic minimal tables, tick formats."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from valuescale.analysis.ingest import write_table
+from valuescale.plots import FIGURE_INPUTS, FIGURES, TableError, render_figure
+from valuescale.plots._common import FIG_WIDTH, NO_DATA_SIZE, human, nice_log_ticks, plain, sci
+from valuescale.tasks import TASKS
+
+DPI = 40
+EXT = {"curves": "parquet", "crossings": "parquet"}
+# One env of three published archives: BRO at the fitted batch sizes, SimbaV2 (4 batch sizes per
+# (σ, N), hence measured B*), and the passive-critic runs.
+SUBSET = {
+    "fitted_bs": ["h1-stand-v0"],
+    "simbav2_model_scaling_linear20_with_base": ["h1-stand-v0"],
+    "side_critic": ["h1-stand-v0"],
+}
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _pdf_size_inches(path: Path) -> tuple[float, float]:
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF"), f"{path} is not a PDF"
+    match = re.search(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", data)
+    assert match, "no MediaBox in the PDF"
+    return float(match.group(1)) / 72.0, float(match.group(2)) / 72.0
+
+
+def _render(name: str, inputs: dict[str, str], out: Path) -> tuple[Path, Path]:
+    pdf, png = out / f"{name}.pdf", out / f"{name}.png"
+    render_figure(name, inputs, str(pdf), str(png), {"figures": {"dpi": DPI}})
+    return pdf, png
+
+
+def _render_with_data(name: str, inputs: dict[str, str], out: Path, caplog) -> None:
+    """Render and check that the figure has data (no "no data" warning)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="valuescale.plots"):
+        pdf, png = _render(name, inputs, out)
+    assert "no data" not in caplog.text, caplog.text
+    _check_outputs(pdf, png)
+
+
+def _check_outputs(pdf: Path, png: Path) -> tuple[float, float]:
+    """Both files exist, are non-empty, have the same size, and the PNG is figsize x dpi."""
+    assert pdf.stat().st_size > 1000 and png.stat().st_size > 1000
+    width_in, height_in = _pdf_size_inches(pdf)
+    assert width_in == pytest.approx(FIG_WIDTH)
+    assert _png_size(png) == (round(width_in * DPI), round(height_in * DPI))
+    leftovers = [p.name for p in pdf.parent.iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers
+    return width_in, height_in
+
+
+@pytest.fixture(scope="module")
+def real_tables(published_table: Callable[[str], pd.DataFrame], tmp_path_factory) -> dict[str, str]:
+    """Every analysis table, from one env of three published archives, via the pipeline stages
+    (few thresholds, bootstrap resamples and optimiser starts: seconds)."""
+    from valuescale import pipeline
+
+    root = tmp_path_factory.mktemp("tables")
+    frames = [published_table(stem).query("env in @envs") for stem, envs in SUBSET.items()]
+    write_table(pd.concat(frames, ignore_index=True), root / "curves.parquet")
+    settings = {
+        "envs": {
+            env: {"j_min": t.j_min, "j_max": t.j_max, "max_step": None, "delta": t.delta}
+            for env, t in TASKS.items()
+        },
+        "reset_interval": {"bro": 2_500_000, "simbav2": None},
+        "thresholds": {"n": 8},
+        "bootstrap": {"n": 8, "seed": 0},
+        "batch_size": {"min_batch_sizes": 3},
+        "fits": {
+            "n_starts": 2,
+            "seed": 0,
+            "n_bootstrap": 0,
+            "variants": ["per_env", "averaged"],
+            "holdout_sources": ["side_critic"],
+        },
+        "compute": {
+            "flops_per_param_sample": 10,
+            "batch_convention": "accounting",
+            "accounting_batch": 256,
+        },
+        "budget": {"n_heldout": 2},
+    }
+    t = {key: str(root / f"{key}.{EXT.get(key, 'csv')}") for key in _all_keys()}
+    pipeline.crossings(
+        t["curves"],
+        out_crossings=t["crossings"],
+        out_thresholds=t["thresholds"],
+        out_best_batch_size=t["best_batch_size"],
+        settings=settings,
+    )
+    pipeline.fits(
+        t["crossings"],
+        t["best_batch_size"],
+        out_batch_size=t["fits_batch_size"],
+        out_data_efficiency=t["fits_data_efficiency"],
+        settings=settings,
+    )
+    pipeline.allocation(
+        t["crossings"],
+        t["fits_data_efficiency"],
+        t["fits_batch_size"],
+        out_compute_optimal=t["compute_optimal"],
+        out_budget_optimal=t["budget_optimal"],
+        out_budget_fits=t["budget_fits"],
+        settings=settings,
+    )
+    pipeline.passive_critic_slopes(t["curves"], out=t["passive_critic_slopes"], settings=settings)
+    return t
+
+
+def _all_keys() -> list[str]:
+    return sorted({key for keys in FIGURE_INPUTS.values() for key in keys})
+
+
+def _inputs(tables: dict[str, str], name: str) -> dict[str, str]:
+    return {key: tables[key] for key in FIGURE_INPUTS[name]}
+
+
+# --------------------------------------------------------------------------------------------
+# Real tables
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figure_renders_from_real_tables(
+    name: str, real_tables: dict[str, str], tmp_path: Path, caplog
+) -> None:
+    _render_with_data(name, _inputs(real_tables, name), tmp_path, caplog)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.pdf", f"{name}.png"]
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_malformed_table_names_file_and_column(
+    name: str, real_tables: dict[str, str], tmp_path: Path
+) -> None:
+    from valuescale.plots import FIGURE_SPECS
+
+    key = FIGURE_INPUTS[name][0]
+    column = FIGURE_SPECS[name][key].required[-1]
+    path = Path(real_tables[key])
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    bad = tmp_path / "bad" / path.name
+    write_table(df.drop(columns=[column]), bad)
+    inputs = {**_inputs(real_tables, name), key: str(bad)}
+    out = tmp_path / "out"
+    with pytest.raises(TableError) as err:
+        _render(name, inputs, out)
+    assert str(bad) in str(err.value) and repr(column) in str(err.value)
+    assert not out.exists() or not any(out.iterdir())  # nothing written, no temporary files
+
+
+def test_non_numeric_column_is_refused(real_tables: dict[str, str], tmp_path: Path) -> None:
+    df = pd.read_csv(real_tables["budget_optimal"])
+    df["budget"] = "lots"
+    bad = tmp_path / "budget_optimal.csv"
+    df.to_csv(bad, index=False)
+    inputs = {**_inputs(real_tables, "fig_budget"), "budget_optimal": str(bad)}
+    with pytest.raises(TableError, match="'budget' must be numeric"):
+        _render("fig_budget", inputs, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_outputs_are_replaced_atomically(real_tables: dict[str, str], tmp_path: Path) -> None:
+    pdf, png = tmp_path / "fig.pdf", tmp_path / "fig.png"
+    pdf.write_text("old")
+    png.write_text("old")
+    render_figure(
+        "fig_budget",
+        _inputs(real_tables, "fig_budget"),
+        str(pdf),
+        str(png),
+        {"figures": {"dpi": DPI}},
+    )
+    _check_outputs(pdf, png)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# No data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_missing_tables_give_a_no_data_figure(name: str, tmp_path: Path, caplog) -> None:
+    inputs = {key: str(tmp_path / f"absent_{key}.csv") for key in FIGURE_INPUTS[name]}
+    with caplog.at_level(logging.WARNING, logger="valuescale.plots"):
+        pdf, png = _render(name, inputs, tmp_path / "out")
+    assert "no data" in caplog.text
+    assert _check_outputs(pdf, png) == pytest.approx(NO_DATA_SIZE)
+
+
+def test_empty_or_unusable_tables_give_a_no_data_figure(tmp_path: Path, caplog) -> None:
+    # header-only tables, and fits that all failed
+    fits = pd.DataFrame(
+        {
+            "scope": ["h1-crawl-v0"],
+            "variant": ["per_env"],
+            "threshold_idx": [19],
+            "D_min": [np.nan],
+            "a_J": [np.nan],
+            "alpha_J": [np.nan],
+            "b_J": [np.nan],
+            "beta_J": [np.nan],
+            "status": ["failed"],
+        }
+    )
+    fits.to_csv(tmp_path / "fits.csv", index=False)
+    (tmp_path / "empty.csv").write_text("")
+    crossings = pd.DataFrame(
+        columns=["env", "agent", "utd", "critic_params", "batch_size", "threshold_idx"]
+        + ["threshold", "D"]
+    )
+    write_table(crossings, tmp_path / "crossings.parquet")
+    inputs = {
+        "crossings": str(tmp_path / "crossings.parquet"),
+        "fits_data_efficiency": str(tmp_path / "fits.csv"),
+        "compute_optimal": str(tmp_path / "empty.csv"),
+    }
+    with caplog.at_level(logging.WARNING, logger="valuescale.plots"):
+        pdf, png = _render("fig_scaling", inputs, tmp_path / "out")
+    assert "no data-efficiency fit with status ok" in caplog.text
+    assert _check_outputs(pdf, png) == pytest.approx(NO_DATA_SIZE)
+
+
+def test_unknown_figure_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown figure 'fig_nope'"):
+        _render("fig_nope", {}, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic minimal tables (only the documented columns)
+# --------------------------------------------------------------------------------------------
+
+
+def _law(utd: np.ndarray, n: np.ndarray) -> np.ndarray:
+    return 1.5e5 + (2.0 / utd) ** 0.6 * 1e5 + (3e6 / n) ** 0.7 * 2e5
+
+
+def test_law_figures_from_minimal_synthetic_tables(tmp_path: Path, caplog) -> None:
+    utd, n = np.meshgrid([1.0, 2.0, 4.0, 8.0], [2.5e5, 1e6, 4e6, 1.6e7])
+    utd, n = utd.ravel(), n.ravel()
+    crossings = pd.DataFrame(
+        {
+            "env": "toy",
+            "agent": "bro",
+            "utd": utd,
+            "critic_params": n.astype(np.int64),
+            "batch_size": 256,
+            "threshold_idx": 0,
+            "threshold": 500.0,
+            "D": _law(utd, n),
+        }
+    )
+    write_table(crossings, tmp_path / "crossings.parquet")
+    fits = pd.DataFrame(
+        [
+            {
+                "scope": "toy",
+                "variant": "per_env",
+                "threshold_idx": 0,
+                "D_min": 1.5e5,
+                "a_J": 2.0 * 1e5 ** (1 / 0.6),
+                "alpha_J": 0.6,
+                "b_J": 3e6 * 2e5 ** (1 / 0.7),
+                "beta_J": 0.7,
+                "status": "ok",
+            }
+        ]
+    )
+    fits.to_csv(tmp_path / "fits.csv", index=False)
+    inputs = {
+        "crossings": str(tmp_path / "crossings.parquet"),
+        "fits_data_efficiency": str(tmp_path / "fits.csv"),
+        "compute_optimal": str(tmp_path / "absent.csv"),
+    }
+    for name in ("fig_scaling", "fig_data_efficiency"):
+        _render_with_data(name, {k: inputs[k] for k in FIGURE_INPUTS[name]}, tmp_path, caplog)
+
+
+def test_curve_figures_from_minimal_own_runs(tmp_path: Path, caplog) -> None:
+    """Own runs: no width, lr, source or passive columns; losses for fig_overfitting."""
+    rng = np.random.default_rng(0)
+    rows = []
+    steps = np.arange(1, 41) * 25_000
+    for utd in (1.0, 4.0):
+        for n in (1e6, 4e6):
+            for seed in range(3):
+                ret = 800 * (1 - np.exp(-steps * utd**0.3 * (n / 1e6) ** 0.2 / 4e5))
+                ret = ret + rng.normal(0, 20, len(steps))
+                for metric, values in (
+                    ("return", ret),
+                    ("critic_loss", 5 / utd**0.3 / (n / 1e6) ** 0.2 + 0 * steps),
+                    ("validation_critic_loss", 20 / (n / 1e6) ** 0.1 + 0 * steps),
+                ):
+                    rows.append(
+                        pd.DataFrame(
+                            {
+                                "env": "toy",
+                                "agent": "bro",
+                                "utd": utd,
+                                "critic_params": int(n),
+                                "batch_size": 256,
+                                "seed": seed,
+                                "step": steps,
+                                "metric": metric,
+                                "value": values,
+                            }
+                        )
+                    )
+    write_table(pd.concat(rows, ignore_index=True), tmp_path / "curves.parquet")
+    pd.DataFrame({"env": "toy", "threshold_idx": [0, 1], "threshold": [300.0, 700.0]}).to_csv(
+        tmp_path / "thresholds.csv", index=False
+    )
+    inputs = {
+        "curves": str(tmp_path / "curves.parquet"),
+        "thresholds": str(tmp_path / "thresholds.csv"),
+    }
+    for name in ("fig_learning_curves", "fig_preprocessing", "fig_overfitting"):
+        _render_with_data(name, {k: inputs[k] for k in FIGURE_INPUTS[name]}, tmp_path, caplog)
+    # no passive critic in these runs
+    pdf, png = _render(
+        "fig_passive_critic",
+        {"curves": inputs["curves"], "passive_critic_slopes": str(tmp_path / "absent.csv")},
+        tmp_path / "out",
+    )
+    assert _check_outputs(pdf, png) == pytest.approx(NO_DATA_SIZE)
+
+
+# --------------------------------------------------------------------------------------------
+# Formats
+# --------------------------------------------------------------------------------------------
+
+
+def test_number_formats() -> None:
+    assert [human(v) for v in (619_208, 2_286_792, 8_767_688, 34_312_392, 1_000_000)] == [
+        "619K",
+        "2.3M",
+        "8.8M",
+        "34M",
+        "1M",
+    ]
+    assert [plain(v) for v in (0.5, 1.0, 15.0, 1024.0, 2048.0)] == [
+        "0.5",
+        "1",
+        "15",
+        "1024",
+        "2048",
+    ]
+    assert sci(1e17) == "10¹⁷" and sci(3e16) == "3·10¹⁶"
+
+
+def test_nice_log_ticks() -> None:
+    assert list(nice_log_ticks(1e5, 2e7)) == [1e5, 1e6, 1e7]
+    assert list(nice_log_ticks(150.0, 1200.0)) == [200.0, 500.0, 1000.0]
+    assert len(nice_log_ticks(2.1e16, 3.9e16)) >= 2

@@ -11,11 +11,11 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     benchmark:
         f"{BENCHMARKS}/aggregate.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
     script:
         "../scripts/aggregate.py"
 
@@ -27,10 +27,10 @@ rule merge_curves:
         f"{TABLES}/curves.parquet",
     log:
         f"{LOGS}/merge_curves.log",
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
     script:
         "../scripts/merge_curves.py"

@@ -25,14 +25,14 @@ rule crossings:
         f"{LOGS}/crossings.log",
     benchmark:
         f"{BENCHMARKS}/crossings.tsv"
-    params:
-        settings=analysis_settings("crossings"),
+    conda:
+        CONDA_ENV
     threads: config["resources"]["analysis"]["threads"]
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("crossings"),
     script:
         "../scripts/crossings.py"
 
@@ -58,14 +58,14 @@ rule fits:
         f"{LOGS}/fits.log",
     benchmark:
         f"{BENCHMARKS}/fits.tsv"
-    params:
-        settings=analysis_settings("fits"),
+    conda:
+        CONDA_ENV
     threads: config["resources"]["analysis"]["threads"]
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("fits"),
     script:
         "../scripts/fits.py"
 
@@ -98,13 +98,13 @@ rule allocation:
         f"{LOGS}/allocation.log",
     benchmark:
         f"{BENCHMARKS}/allocation.tsv"
-    params:
-        settings=analysis_settings("allocation"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("allocation"),
     script:
         "../scripts/allocation.py"
 
@@ -126,13 +126,13 @@ rule fit_errors:
         f"{LOGS}/fit_errors.log",
     benchmark:
         f"{BENCHMARKS}/fit_errors.tsv"
-    params:
-        settings=analysis_settings("evaluation"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("evaluation"),
     script:
         "../scripts/fit_errors.py"
 
@@ -152,13 +152,13 @@ rule allocation_strategies:
         f"{LOGS}/allocation_strategies.log",
     benchmark:
         f"{BENCHMARKS}/allocation_strategies.tsv"
-    params:
-        settings=analysis_settings("evaluation"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("evaluation"),
     script:
         "../scripts/allocation_strategies.py"
 
@@ -177,13 +177,13 @@ rule passive_critic_slopes:
         f"{LOGS}/passive_critic_slopes.log",
     benchmark:
         f"{BENCHMARKS}/passive_critic_slopes.tsv"
-    params:
-        settings=analysis_settings("evaluation"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("evaluation"),
     script:
         "../scripts/passive_critic_slopes.py"
 
@@ -202,12 +202,12 @@ rule proposal:
         ),
     log:
         f"{LOGS}/proposal.log",
-    params:
-        settings=analysis_settings("proposal"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("proposal"),
     script:
         "../scripts/proposal.py"

@@ -420,7 +420,8 @@ OPERATIONAL_TRAIN_SETTINGS = {"checkpoint_every"}
 
 def get_train_args(wildcards):
     """Engine flags of the job's seeds and of every training setting that is not in the path
-    (except the operational ones). A params value: changing any of them reruns the job."""
+    (except the operational ones). A params value: changing any of them reruns the job.
+    """
     seeds = ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
     args = [f"--seeds {seeds}"]
     for key, value in sorted(train_settings(wildcards.env).items()):
@@ -478,14 +479,14 @@ def analysis_settings(stage):
     """The analysis settings one stage reads (a params value: editing them reruns that stage
     and what depends on it, never training)."""
     analysis = config["analysis"]
-    envs = {
-        env: dict(values)
-        for env, values in sorted(ENV_ANALYSIS.items())
-    }
+    envs = {env: dict(values) for env, values in sorted(ENV_ANALYSIS.items())}
     if stage == "crossings":
         return {
             "envs": {e: {k: v[k] for k in ("j_min", "j_max", "max_step")} for e, v in envs.items()},
-            "reset_interval": {"bro": config["train"]["reset_interval"] or None, "simbav2": None},
+            "reset_interval": {
+                "bro": config["train"]["reset_interval"] or None,
+                "simbav2": None,
+            },
             "thresholds": dict(analysis["thresholds"]),
             "bootstrap": dict(analysis["bootstrap"]),
             "batch_size": dict(analysis["batch_size"]),

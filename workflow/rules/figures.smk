@@ -16,12 +16,12 @@ rule figure:
         f"{LOGS}/figures/{{figure}}.log",
     benchmark:
         f"{BENCHMARKS}/figures/{{figure}}.tsv"
-    params:
-        settings=analysis_settings("figures"),
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
+    params:
+        settings=analysis_settings("figures"),
     script:
         "../scripts/figure.py"

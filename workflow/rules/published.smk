@@ -7,12 +7,12 @@ rule published_fetch:
         f"{RESOURCES}/published/{{name}}.zip",
     log:
         f"{LOGS}/published_fetch/{{name}}.log",
-    params:
-        sha256=lambda wildcards: config["published"]["zips"][wildcards.name]["sha256"],
-        checksum_record=lambda wildcards: f"{RESOURCES}/published/checksums/{wildcards.name}.sha256",
     retries: 2
     conda:
         CONDA_ENV
+    params:
+        sha256=lambda wildcards: config["published"]["zips"][wildcards.name]["sha256"],
+        checksum_record=lambda wildcards: f"{RESOURCES}/published/checksums/{wildcards.name}.sha256",
     script:
         "../scripts/published_fetch.py"
 
@@ -26,10 +26,10 @@ rule published_import:
         f"{LOGS}/published_import/{{name}}.log",
     benchmark:
         f"{BENCHMARKS}/published_import/{{name}}.tsv"
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=config["resources"]["analysis"]["mem_mb"],
         runtime=config["resources"]["analysis"]["runtime"],
-    conda:
-        CONDA_ENV
     script:
         "../scripts/published_import.py"

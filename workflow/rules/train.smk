@@ -12,16 +12,16 @@ rule train:
         f"{LOGS}/train/{RUN_NAME}.log",
     benchmark:
         f"{BENCHMARKS}/train/{RUN_NAME}.tsv"
-    params:
-        args=get_train_args,
-        run_args=get_train_run_args,
+    conda:
+        CONDA_ENV
     threads: config["resources"]["train"]["threads"]
     resources:
         mem_mb=get_train_mem_mb,
         runtime=get_train_runtime,
         gpu=config["resources"]["train"]["gpu"],
-    conda:
-        CONDA_ENV
+    params:
+        args=get_train_args,
+        run_args=get_train_run_args,
     shell:
         "python -m valuescale.train --env {wildcards.env} --agent {wildcards.agent}"
         " --utd {wildcards.utd} --width {wildcards.width} --batch-size {wildcards.batch_size}"

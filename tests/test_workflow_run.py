@@ -150,7 +150,11 @@ def test_killed_workflow_resumes_the_interrupted_cell_and_redoes_no_finished_cel
     # -c1: the cells run one after the other (w16 first: the order of the targets)
     cmd = snakemake_cmd(tmp_path, config, "-c1", *targets)
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        cmd,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 600
@@ -195,7 +199,9 @@ def default_study_for_test() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_PIPELINE, reason="valuescale.pipeline (the analysis stages) not there yet")
+@pytest.mark.skipif(
+    not HAS_PIPELINE, reason="valuescale.pipeline (the analysis stages) not there yet"
+)
 def test_default_study_end_to_end_with_report(tmp_path):
     config = default_study_for_test()
     snakemake(tmp_path, config, "--cores", "2", "results/figures/fig_scaling.pdf", timeout=3600)

@@ -53,8 +53,7 @@ with logged(snakemake) as log:  # noqa: F821
     elif actual != expected.lower():
         part.unlink()
         raise ValueError(
-            f"{name}.zip from {source}: SHA-256 mismatch: expected {expected.lower()}, "
-            f"got {actual}"
+            f"{name}.zip from {source}: SHA-256 mismatch: expected {expected.lower()}, got {actual}"
         )
     os.replace(part, out)
     log.info("%s.zip ok (sha256 %s)", name, actual)

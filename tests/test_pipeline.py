@@ -596,3 +596,25 @@ def test_published_study_tables_are_finite(full_study: dict) -> None:
         assert (table["status"] == "ok").mean() > 0.8
     blocks = yaml.safe_load(full_study["proposal"].read_text())["grid"]
     assert {b["envs"][0] for b in blocks} >= {"h1-crawl-v0", "cheetah-run", "dog-run"}
+
+
+def test_bootstrap_column_matches_the_keyed_merge(published_table) -> None:
+    """The fast reshape of the bootstrap table into ``D_boot`` equals the keyed merge."""
+    from valuescale.analysis.crossings import crossing_tables
+    from valuescale.analysis.data_efficiency import attach_bootstrap_table
+    from valuescale.analysis.preprocess import preprocess
+    from valuescale.analysis.thresholds import compute_thresholds
+
+    df = published_table("utd_scaling_bl")
+    curves = preprocess(df)
+    tables = crossing_tables(curves, compute_thresholds(curves, n_thresholds=5), n_boot=7)
+    fast = pipeline._with_bootstrap(tables, 7)
+    slow = attach_bootstrap_table(tables.crossings, tables.bootstrap)
+    assert len(fast) == len(slow) == len(tables.crossings)
+    for a, b in zip(fast["D_boot"], slow["D_boot"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a shuffled bootstrap table fails the layout check and falls back to the merge
+    shuffled = type(tables)(tables.crossings, tables.bootstrap.sample(frac=1.0, random_state=0))
+    again = pipeline._with_bootstrap(shuffled, 7)
+    for a, b in zip(again["D_boot"], slow["D_boot"], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -618,3 +618,46 @@ def test_bootstrap_column_matches_the_keyed_merge(published_table) -> None:
     again = pipeline._with_bootstrap(shuffled, 7)
     for a, b in zip(again["D_boot"], slow["D_boot"], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_empty_study_writes_every_table_with_its_columns(tmp_path) -> None:
+    """A study with no usable curves still writes every named output (the DAG is fixed)."""
+    t = tmp_path
+    empty = t / "curves.parquet"
+    rows = pd.DataFrame(
+        [{"env": "cartpole-swingup", "agent": "bro", "utd": 1.0, "width": 64, "critic_params": 1,
+          "batch_size": 64, "lr": 3e-4, "seed": 0, "step": 1000, "metric": "critic_loss",
+          "value": 1.0, "source": "own"}]
+    )  # fmt: skip
+    write_table(rows, empty)  # losses only: no return curves
+    p = {k: t / f"{k}.csv" for k in (
+        "thresholds", "best", "fits_bs", "fits_de", "co", "bo", "bf", "fe", "slopes",
+    )}  # fmt: skip
+    pipeline.crossings(empty, out_crossings=t / "crossings.parquet", out_thresholds=p["thresholds"],
+                       out_best_batch_size=p["best"], settings=settings("crossings"))  # fmt: skip
+    pipeline.fits(t / "crossings.parquet", p["best"], out_batch_size=p["fits_bs"],
+                  out_data_efficiency=p["fits_de"], settings=settings("fits"))  # fmt: skip
+    pipeline.allocation(t / "crossings.parquet", p["fits_de"], p["fits_bs"],
+                        out_compute_optimal=p["co"], out_budget_optimal=p["bo"],
+                        out_budget_fits=p["bf"], settings=settings("allocation"))  # fmt: skip
+    pipeline.fit_errors(t / "crossings.parquet", p["fits_de"], p["best"], p["fits_bs"],
+                        out=p["fe"], settings=settings("evaluation"))  # fmt: skip
+    pipeline.passive_critic_slopes(empty, out=p["slopes"], settings=settings("evaluation"))
+    pipeline.proposal(p["fits_de"], p["fits_bs"], p["co"], p["bf"], out=t / "proposal.yaml",
+                      settings=settings("proposal"))  # fmt: skip
+    assert len(pd.read_parquet(t / "crossings.parquet")) == 0
+    expected = {
+        "thresholds": ["env", "threshold_idx", "threshold"],
+        "best": ["env", "agent", "source", "utd", "critic_params"],
+        "fits_bs": ["scope", "agent", "source", "basis", "level", "a_B"],
+        "fits_de": ["scope", "agent", "source", "variant"],
+        "co": ["scope", "agent", "source", "variant", "threshold_idx"],
+        "bo": ["scope", "agent", "source", "variant", "threshold_idx"],
+        "bf": ["scope", "agent", "source", "variant", "quantity", "slope"],
+        "fe": ["quantity", "variant", "set"],
+        "slopes": ["metric", "env", "against", "slope"],
+    }
+    for key, columns in expected.items():
+        table = pd.read_csv(p[key])
+        assert table.empty and list(table.columns[: len(columns)]) == columns, key
+    assert yaml.safe_load((t / "proposal.yaml").read_text())["grid"] == []

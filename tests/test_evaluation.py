@@ -414,3 +414,21 @@ def test_batch_size_rule_prefers_specific_measured_laws() -> None:
     assert float(rule(np.array(2.0), np.array(1e6))) == 1024.0 and "constant" in text
     rule, _ = batch_size_rule(rows, "simbav2", "s", "h1-crawl-v0")
     assert rule is None
+
+
+def test_averaged_fit_errors_on_task_averaged_points() -> None:
+    """Two envs of one suite with the same law: the task-averaged fit predicts the averaged
+    held-out points exactly, also when only that variant was fitted."""
+    parts = []
+    for env in ("h1-crawl-v0", "h1-pole-v0"):
+        parts.append(crossing_rows("fitted_bs", [1, 2, 4, 8], [128, 256, 512, 1024], env=env))
+        parts.append(crossing_rows("interpolated_bs", [3, 6], [368, 720], env=env))
+    crossings = pd.concat(parts, ignore_index=True)
+    points = select_fit_points(crossings, None, sources=["fitted_bs"])
+    fits = fit_data_efficiency_table(points, variants=("averaged",), n_boot=0, n_starts=4)
+    assert (fits["status"] == "ok").all() and set(fits["scope"]) == {"humanoidbench"}
+    table = fit_error_table(crossings, fits, None, variants=("averaged",), batch_loo=False)
+    avg = table[(table["variant"] == "averaged") & (table["scope"] == "humanoidbench")]
+    by_set = avg.set_index("set")
+    assert by_set.loc["interpolated", "n"] == 2 * 2 * 3  # (σ, W) points x thresholds
+    assert (by_set["mean_rel_error"] < 0.01).all()

@@ -661,3 +661,20 @@ def test_empty_study_writes_every_table_with_its_columns(tmp_path) -> None:
         table = pd.read_csv(p[key])
         assert table.empty and list(table.columns[: len(columns)]) == columns, key
     assert yaml.safe_load((t / "proposal.yaml").read_text())["grid"] == []
+
+
+def test_proposal_with_real_batch_convention(study: dict, tmp_path) -> None:
+    spec = settings("proposal")
+    spec["compute"] = {**spec["compute"], "batch_convention": "real"}
+    out = tmp_path / "proposal.yaml"
+    pipeline.proposal(
+        study["fits_data_efficiency"],
+        study["fits_batch_size"],
+        study["compute_optimal"],
+        study["budget_fits"],
+        out=out,
+        settings=spec,
+    )
+    text = out.read_text()
+    assert "C_J = 10 x B x sigma x N x D_J" in text
+    assert yaml.safe_load(text)["grid"]

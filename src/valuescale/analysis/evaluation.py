@@ -258,6 +258,9 @@ def fit_error_table(
             crossings, best_batch_size, sources=str(fit_source).split("+")
         )
         envs = set(zip(src_fits["agent"], src_fits["scope"], strict=True))
+        if "envs" in src_fits:  # shared / averaged rows list the envs they pooled
+            for agent, listed in zip(src_fits["agent"], src_fits["envs"], strict=True):
+                envs |= {(agent, e) for e in str(listed).split(",") if e and listed == listed}
         eval_frames = []
         for set_name, source in eval_sets.items():
             pts = select_fit_points(crossings, best_batch_size, sources=[source])

@@ -94,6 +94,9 @@ def tree_to_numpy(tree: Any) -> list[np.ndarray]:
 def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree") -> Any:
     """Rebuild a pytree with ``template``'s structure from ``leaves`` (device arrays).
 
+    ``template`` may hold arrays or ``jax.ShapeDtypeStruct``s (``jax.eval_shape`` of the builder:
+    nothing is allocated for it).
+
     Raises ValueError (naming ``what``) when the number, shapes or dtypes of the leaves do not
     match the template: the checkpoint belongs to a differently shaped run.
     """
@@ -107,15 +110,16 @@ def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree")
         )
     out = []
     for i, (t, x) in enumerate(zip(template_leaves, leaves, strict=True)):
-        typed_key = isinstance(t, jax.Array) and jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key)
-        ref = jax.random.key_data(t) if typed_key else t
-        if tuple(np.shape(ref)) != tuple(x.shape) or np.dtype(ref.dtype) != x.dtype:
+        typed_key = jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key)
+        ref = jax.eval_shape(jax.random.key_data, t) if typed_key else t
+        if tuple(ref.shape) != tuple(x.shape) or np.dtype(ref.dtype) != x.dtype:
             raise ValueError(
                 f"checkpoint {what}: leaf {i} has shape {x.shape} {x.dtype}, "
-                f"expected {tuple(np.shape(ref))} {np.dtype(ref.dtype)}"
+                f"expected {tuple(ref.shape)} {np.dtype(ref.dtype)}"
             )
         arr = jnp.asarray(x)
         if typed_key:
-            arr = jax.random.wrap_key_data(arr, impl=jax.random.key_impl(t))
+            impl = jax.random.key_impl(t) if isinstance(t, jax.Array) else None
+            arr = jax.random.wrap_key_data(arr, impl=impl)
         out.append(arr)
     return jax.tree.unflatten(treedef, out)

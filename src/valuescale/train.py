@@ -322,6 +322,10 @@ class _Device:
         one = self._jax.tree.map(lambda x: x[0], agent)
         return self._bro.critic_param_count(one), self._bro.passive_critic_param_count(one)
 
+    def shapes_of(self, builder: Callable[..., Any], *args: Any) -> Any:
+        """``jax.eval_shape`` of ``builder(*args)``: its structure, shapes and dtypes."""
+        return self._jax.eval_shape(builder, *args)
+
     def fetch(self, tree: Any) -> Any:
         """``jax.device_get`` (host numpy)."""
         return self._jax.device_get(tree)
@@ -491,9 +495,11 @@ class _Run:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         zero_obs = np.zeros((self.n_seeds, self.obs_dim), np.float32)
-        self.carry = tree_from_numpy(self.dev.init_carry(zero_obs), ckpt["carry"], "carry")
+        shapes = self.dev.shapes_of  # templates without allocating a second replay
+        self.carry = tree_from_numpy(shapes(self.dev.init_carry, zero_obs), ckpt["carry"], "carry")
         if self.cfg.validation:
-            self.val = tree_from_numpy(self.dev.init_val(zero_obs), ckpt["val"], "validation")
+            template = shapes(self.dev.init_val, zero_obs)
+            self.val = tree_from_numpy(template, ckpt["val"], "validation")
         for env, state in zip(self.envs, ckpt["envs"], strict=True):
             env.set_state(state)
         for row, states in zip(self.eval_envs, ckpt["eval_envs"], strict=True):
@@ -709,15 +715,28 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], what: Path) -> Non
         )
 
 
+def enable_compilation_cache(path: str | os.PathLike) -> None:
+    """Keep XLA executables in ``path`` (JAX's persistent compilation cache, process-wide), so
+    that a resumed or repeated run with the same shapes skips recompiling its step functions."""
+    import jax
+
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+
+
 def run_training(
-    cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool | None = None
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    progress: bool | None = None,
+    compilation_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
     summary (the content of run.json).
 
     Resumes from ``out_dir/checkpoint.pkl`` when present; returns the existing summary when
     ``out_dir`` already holds a complete run of the same config. ``progress``: tqdm bar (True),
-    log lines (False) or a bar only when stderr is a TTY (None).
+    log lines (False) or a bar only when stderr is a TTY (None). ``compilation_cache``: a
+    directory for JAX's persistent compilation cache (see ``enable_compilation_cache``).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"run_training: cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -727,7 +746,10 @@ def run_training(
     run_json = out / "run.json"
     ckpt = None
     if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except ValueError as e:
+            raise OutDirConflict(str(e)) from e
         _check_resumable(cfg, ckpt["config"], ckpt_path)
         if cfg.steps < int(ckpt["t"]):
             raise OutDirConflict(
@@ -747,6 +769,8 @@ def run_training(
                 f"{run_json} holds a complete run of {previous['config']['steps']} steps "
                 f"(asked for {cfg.steps}); a finished run cannot be extended (no checkpoint)"
             )
+    if compilation_cache is not None:
+        enable_compilation_cache(compilation_cache)
     return _Run(cfg, out, progress).run(ckpt)
 
 
@@ -806,6 +830,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tqdm progress bar (default: only when stderr is a terminal; else log lines)",
     )
+    parser.add_argument(
+        "--compilation-cache",
+        default=os.environ.get("VALUESCALE_COMPILATION_CACHE"),
+        metavar="DIR",
+        help="JAX persistent compilation cache directory: a resumed or repeated run with the same "
+        "shapes skips recompiling (default: $VALUESCALE_COMPILATION_CACHE, else off)",
+    )
     types: dict[str, Callable[[str], Any]] = {"seeds": _parse_seeds}
     for f in dataclasses.fields(TrainConfig):
         if f.name.startswith("_"):
@@ -845,18 +876,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     out, threads, progress = args.pop("out"), args.pop("threads"), args.pop("progress")
+    cache = args.pop("compilation_cache")
     try:
         cfg = TrainConfig(**args)
     except ConfigError as e:
         message = str(e).split(": ", 1)[-1]
         parser.error(f"argument {_flag(e.field)}: {message}")
     if threads is not None:
+        allowed = len(os.sched_getaffinity(0))
+        if not 1 <= threads <= allowed:
+            parser.error(
+                f"argument --threads: must be between 1 and the {allowed} allowed cores, "
+                f"got {threads}"
+            )
         if "jax" in sys.modules:
             parser.error("argument --threads: JAX was imported before the cores could be pinned")
-        try:
-            pin_threads(threads)
-        except ValueError as e:
-            parser.error(f"argument --threads: {e}")
+        pin_threads(threads)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     logging.basicConfig(
         level=logging.INFO,
@@ -864,7 +899,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        summary = run_training(cfg, out, progress=progress)
+        summary = run_training(cfg, out, progress=progress, compilation_cache=cache)
     except OutDirConflict as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

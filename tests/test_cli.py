@@ -1,0 +1,156 @@
+"""``python -m valuescale.train``: flag errors, help, lazy JAX import, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from valuescale.train import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "valuescale.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "detail"),
+    [
+        (["--utd", "-1"], "--utd", "> 0"),
+        (["--utd", "abc"], "--utd", "invalid float"),
+        (["--width", "0"], "--width", ">= 1"),
+        (["--env", "cheetah-fly"], "--env", "cheetah-run"),
+        (["--seeds", "a,b"], "--seeds", "comma-separated"),
+        (["--seeds", "1,1"], "--seeds", "distinct"),
+        (["--batch-size", "512", "--replay-size", "100"], "--replay-size", "batch_size"),
+        (["--agent", "simbav2"], "--agent", "reserved"),
+        (["--agent", "dqn"], "--agent", "unknown agent"),
+        (["--lr", "0"], "--lr", "> 0"),
+        (["--steps", "1.5"], "--steps", "invalid int"),
+        (["--threads", "999"], "--threads", "allowed cores"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(
+    args: list[str], flag: str, detail: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = {"--env": "cheetah-run", "--out": str(tmp_path / "out")}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        base[key] = value
+    argv = [item for pair in base.items() for item in pair]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err, err
+    assert detail in err, err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_every_config_field_has_a_documented_flag() -> None:
+    import dataclasses
+
+    from valuescale.config import TrainConfig
+
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name.startswith("_"):
+            continue
+        assert f.name in actions, f.name
+        assert actions[f.name].help, f.name
+    args = parser.parse_args(["--env", "walker-run", "--out", "x", "--seeds", "0-2,7"])
+    assert args.seeds == (0, 1, 2, 7) and args.critic_width == 512
+
+
+def test_help_and_lazy_jax_import() -> None:
+    result = _cli("--help", timeout=120)
+    assert result.returncode == 0
+    for text in ("--batch-size", "--utd", "--threads", "--validation", "(default: 128)"):
+        assert text in result.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, valuescale.train; print('jax' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.stdout.strip() == "False", "importing the CLI must not import JAX"
+
+
+RESUME_ARGS = [
+    "--env", "pendulum-swingup", "--seeds", "0,1", "--steps", "2000", "--width", "16",
+    "--actor-width", "16", "--batch-size", "16", "--n-quantiles", "5", "--replay-size", "3000",
+    "--warmup-steps", "300", "--eval-interval", "500", "--eval-episodes", "1",
+    "--max-episode-steps", "150", "--checkpoint-every", "700", "--log-interval", "100",
+    "--validation", "--validation-every", "5", "--reset-interval", "900", "--threads", "1",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    # The three runs share compiled step functions through the persistent cache.
+    cache_args = ("--compilation-cache", str(tmp_path / "xla-cache"))
+    done = _cli(*RESUME_ARGS, *cache_args, "--out", str(reference))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "valuescale.train", *RESUME_ARGS, *cache_args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    checkpoint = killed / "checkpoint.pkl"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert proc.poll() is None, "the run ended before writing a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (
+        not (killed / "run.json").exists()
+        or not json.loads((killed / "run.json").read_text())["complete"]
+    )
+
+    resumed = _cli(*RESUME_ARGS, *cache_args, "--out", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((killed / "run.json").read_text())
+    assert summary["complete"] and summary["resumed_at_steps"] == [700]
+    assert summary["reset_steps"] == [900, 1800]
+    assert summary["cpu_cores"] == 1  # --threads 1 pinned the process
+    assert not checkpoint.exists()
+    a = pd.read_parquet(reference / "curves.parquet")
+    b = pd.read_parquet(killed / "curves.parquet")
+    assert {"return", "critic_loss", "validation_critic_loss"} <= set(a["metric"])
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    ref_summary = json.loads((reference / "run.json").read_text())
+    for key in ("gradient_steps", "env_steps", "reset_steps", "critic_params", "seeds"):
+        assert summary[key] == ref_summary[key], key
+
+
+def test_config_conflict_with_a_checkpoint_exits_2(tmp_path: Path) -> None:
+    from valuescale.checkpoint import save_checkpoint
+    from valuescale.config import TrainConfig
+
+    saved = TrainConfig("cheetah-run", lr=1e-3).to_dict()
+    save_checkpoint(tmp_path / "checkpoint.pkl", {"config": saved, "t": 10})
+    result = _cli("--env", "cheetah-run", "--out", str(tmp_path), timeout=120)
+    assert result.returncode == 2
+    assert "different config" in result.stderr and "lr" in result.stderr

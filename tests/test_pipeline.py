@@ -678,3 +678,21 @@ def test_proposal_with_real_batch_convention(study: dict, tmp_path) -> None:
     text = out.read_text()
     assert "C_J = 10 x B x sigma x N x D_J" in text
     assert yaml.safe_load(text)["grid"]
+
+
+def test_compute_optimal_numeric_matches_closed_form() -> None:
+    from valuescale.analysis.allocation import compute_optimal
+
+    law = {"D_min": 4e4, "a_J": 3e5, "alpha_J": 1.0, "b_J": 2e11, "beta_J": 0.6}
+    D0 = 3e5
+    u, n = pipeline.compute_optimal_numeric(law, D0, lambda u, n: np.full(np.shape(u), 2560.0))
+    cu, cn = compute_optimal(law, D0)
+    assert u == pytest.approx(float(cu), rel=1e-3) and n == pytest.approx(float(cn), rel=1e-3)
+    from valuescale.analysis.data_efficiency import predict_D
+
+    assert float(predict_D(law, u, n)) == pytest.approx(D0, rel=1e-9)
+    # a batch size growing with N makes N dearer: the optimum moves to smaller N, larger σ
+    u2, n2 = pipeline.compute_optimal_numeric(law, D0, lambda u, n: 10.0 * np.sqrt(n))
+    assert n2 < n and u2 > u
+    assert float(predict_D(law, u2, n2)) == pytest.approx(D0, rel=1e-9)
+    assert np.isnan(pipeline.compute_optimal_numeric(law, 3e4, lambda u, n: 1.0)[0])

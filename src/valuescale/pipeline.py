@@ -749,11 +749,11 @@ def compute_optimal_numeric(
 def _real_coefficient(
     fits_bs: pd.DataFrame | None, row: pd.Series, flops: float
 ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, str]:
-    envs = str(row.get("envs") or row["scope"]).split(",")
-    env = envs[0] if row["variant"] == "averaged" else str(row["scope"])
-    scope_env = env if row["variant"] != "averaged" else str(row["scope"])
+    """``flops * B(σ, N)`` with the batch-size rule of a fit row's scope (an env, or the suite of
+    an averaged fit: :func:`valuescale.analysis.proposal.batch_size_rule` looks for the scope,
+    its suite, then ``all``)."""
     rule, text = proposal_mod.batch_size_rule(
-        fits_bs, str(row["agent"]), str(row["source"]), scope_env
+        fits_bs, str(row["agent"]), str(row["source"]), str(row["scope"])
     )
     if rule is None:
         return None, text

@@ -60,7 +60,9 @@ def schema_defaults(node: dict[str, Any], defs: dict[str, Any]) -> Any:
     return node.get("default")
 
 
-def study_settings(n_bootstrap: int | None) -> dict[str, dict[str, Any]]:
+def study_settings(
+    n_bootstrap: int | None, paper_j_max: bool | None = None
+) -> dict[str, dict[str, Any]]:
     """``analysis_settings(stage)`` of a published-only study with the schema's defaults."""
     from valuescale.tasks import TASKS
 
@@ -70,6 +72,8 @@ def study_settings(n_bootstrap: int | None) -> dict[str, dict[str, Any]]:
     train = schema_defaults(defs["train_settings"], defs)
     if n_bootstrap is not None:
         analysis["fits"]["n_bootstrap"] = n_bootstrap
+    if paper_j_max is not None:
+        analysis["thresholds"]["paper_j_max"] = paper_j_max
     envs = {
         env: {"j_min": t.j_min, "j_max": None, "delta": t.delta, "max_step": None}
         for env, t in TASKS.items()
@@ -182,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="override analysis.fits.n_bootstrap (default: the schema's)",
     )
+    parser.add_argument(
+        "--paper-j-max",
+        action="store_true",
+        help="the paper's J_max for its envs (as config/published.yaml) instead of the data rule",
+    )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--verbose", action="store_true", help="log the stages' messages")
     args = parser.parse_args(argv)
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if not zips:
         print(f"no published zips in {args.published}", file=sys.stderr)
         return 2
-    settings = study_settings(args.n_bootstrap)
+    settings = study_settings(args.n_bootstrap, True if args.paper_j_max else None)
     with tempfile.TemporaryDirectory(prefix="valuescale-bench-") as tmp:
         root = args.out or Path(tmp)
         t = root / "tables"

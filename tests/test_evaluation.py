@@ -432,3 +432,12 @@ def test_averaged_fit_errors_on_task_averaged_points() -> None:
     by_set = avg.set_index("set")
     assert by_set.loc["interpolated", "n"] == 2 * 2 * 3  # (σ, W) points x thresholds
     assert (by_set["mean_rel_error"] < 0.01).all()
+
+
+def test_input_dim_table_agrees_with_the_env_specs() -> None:
+    """The DMC entries of the d_in table equal obs_dim + act_dim of the built envs."""
+    from valuescale.envs import make_env
+
+    for env in ("cartpole-balance", "cheetah-run", "walker-walk", "humanoid-stand", "finger-turn"):
+        built = make_env(env, 0)
+        assert INPUT_DIMS[env] == built.obs_dim + built.act_dim, env

@@ -68,7 +68,9 @@ INPUT_DIMS: dict[str, int] = {
     "dog-stand": 261,
     "dog-walk": 261,
     "pendulum-swingup": 4,
+    "cartpole-balance": 6,
     "cartpole-swingup": 6,
+    "walker-walk": 30,
 }
 #: Agents the training engine can run; proposals for others are listed as comments only.
 TRAINABLE_AGENTS: tuple[str, ...] = ("bro",)

@@ -696,3 +696,53 @@ def test_compute_optimal_numeric_matches_closed_form() -> None:
     assert n2 < n and u2 > u
     assert float(predict_D(law, u2, n2)) == pytest.approx(D0, rel=1e-9)
     assert np.isnan(pipeline.compute_optimal_numeric(law, 3e4, lambda u, n: 1.0)[0])
+
+
+def test_own_runs_study_end_to_end(tmp_path) -> None:
+    """The default study's path: own runs (one env, 3 σ x 3 widths, one batch size) ->
+    aggregate -> merge -> crossings -> fits -> allocation -> proposal for that env."""
+    truth = {"D_min": 2000.0, "a_J": 3000.0, "alpha_J": 1.0, "b_J": 4e4, "beta_J": 1.0}
+    runs = []
+    for utd in (0.5, 1.0, 2.0):
+        for width in (32, 64, 128):
+            n = int(params_from_width(width, 6))
+            # return rises linearly and reaches 300 + 500 at the law's D (the top threshold)
+            d_top = float(truth["D_min"] + (truth["a_J"] / utd) + (truth["b_J"] / n) * 1e3)
+            rows = [
+                {"env": "cartpole-balance", "agent": "bro", "utd": utd, "width": width,
+                 "critic_params": n, "batch_size": 64, "lr": 3e-4, "seed": seed, "step": step,
+                 "metric": "return", "value": min(1000.0, 300.0 + 500.0 * step / d_top) + seed}
+                for seed in (0, 1) for step in range(500, 40001, 500)
+            ]  # fmt: skip
+            d = tmp_path / "runs" / f"u{utd}_w{width}"
+            d.mkdir(parents=True)
+            pd.DataFrame(rows).to_parquet(d / "curves.parquet", index=False)
+            (d / "run.json").write_text(json.dumps({"complete": True, "config": {}, "seeds": {}}))
+            runs.append(d / "curves.parquet")
+    t = tmp_path / "tables"
+    pipeline.aggregate_runs(runs, t / "curves_own.parquet")
+    pipeline.merge_curves([t / "curves_own.parquet"], t / "curves.parquet")
+    spec = settings("crossings")
+    spec["envs"]["cartpole-balance"] = {"j_min": 300.0, "j_max": 800.0, "max_step": None}
+    pipeline.crossings(t / "curves.parquet", out_crossings=t / "crossings.parquet",
+                       out_thresholds=t / "thresholds.csv",
+                       out_best_batch_size=t / "best.csv", settings=spec)  # fmt: skip
+    pipeline.fits(t / "crossings.parquet", t / "best.csv", out_batch_size=t / "bs.csv",
+                  out_data_efficiency=t / "de.csv", settings=settings("fits"))  # fmt: skip
+    alloc = settings("allocation")
+    alloc["envs"]["cartpole-balance"] = {"delta": 2.5e8}
+    pipeline.allocation(t / "crossings.parquet", t / "de.csv", t / "bs.csv",
+                        out_compute_optimal=t / "co.csv", out_budget_optimal=t / "bo.csv",
+                        out_budget_fits=t / "bf.csv", settings=alloc)  # fmt: skip
+    prop = settings("proposal")
+    prop["envs"]["cartpole-balance"] = {"delta": 2.5e8}
+    pipeline.proposal(t / "de.csv", t / "bs.csv", t / "co.csv", t / "bf.csv",
+                      out=tmp_path / "proposal.yaml", settings=prop)  # fmt: skip
+    de = pd.read_csv(t / "de.csv")
+    per_env = de[de["variant"] == "per_env"]
+    assert set(de["source"]) == {"own"} and (per_env["status"] == "ok").mean() > 0.8
+    bs = pd.read_csv(t / "bs.csv")
+    assert bs[["status", "B_geomean"]].values.tolist() == [["constant", 64.0]]
+    blocks = yaml.safe_load((tmp_path / "proposal.yaml").read_text())["grid"]
+    assert blocks and all(b["envs"] == ["cartpole-balance"] for b in blocks)
+    assert all(b["batch_sizes"] == [64] for b in blocks)  # the runs' batch size

@@ -40,6 +40,11 @@ DATA_CMAP = "cividis"
 CMAP_RANGE = (0.0, 0.85)
 
 AGENT_LABELS = {"bro": "BRO", "simbav2": "SimbaV2"}
+SOURCE_LABELS = {
+    "simbav2_model_scaling_linear20_with_base": "simbav2 grid",
+    "dmc_bro_ablations": "BRO ablation",
+    "model_scaling_const_lr": "const-lr grid",
+}
 
 STYLE: dict[str, object] = {
     "font.size": 8.5,
@@ -242,12 +247,29 @@ def agent_label(agent: object) -> str:
     return AGENT_LABELS.get(text, text)
 
 
-def panel_title(env: object, agent: object = None, extra: str = "") -> str:
-    """``env · AGENT`` (and ``extra`` on a second line)."""
+def source_label(source: object) -> str:
+    """Short name of a curve source (``simbav2_model_scaling_linear20_with_base`` -> ``simbav2
+    grid``); unknown sources as they are."""
+    text = (
+        "" if source is None or (isinstance(source, float) and math.isnan(source)) else str(source)
+    )
+    return SOURCE_LABELS.get(text, text)
+
+
+def sources_line(sources: Iterable[object]) -> str:
+    """``runs: a, b, c`` of the distinct sources (short names), or ``""``."""
+    names = sorted({source_label(s) for s in sources if source_label(s)})
+    return f"runs: {', '.join(names)}" if names else ""
+
+
+def panel_title(env: object, agent: object = None, extra: str = "", source: object = None) -> str:
+    """``env · AGENT [· source]`` (and ``extra`` on a second line)."""
     parts = [str(env)]
     label = agent_label(agent)
     if label:
         parts.append(label)
+    if source_label(source):
+        parts.append(source_label(source))
     title = " · ".join(parts)
     return f"{title}\n{extra}" if extra else title
 
@@ -282,7 +304,9 @@ def percent(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def log_ticks(axis: mpl.axis.Axis, values: Iterable[float] | None, fmt: Callable) -> None:
+def log_ticks(
+    axis: mpl.axis.Axis, values: Iterable[float] | None, fmt: Callable, min_ticks: int = 3
+) -> None:
     """Readable ticks on a log axis (call after the axis limits are set).
 
     With at most 8 distinct positive ``values``, major ticks sit exactly on them (plus 1-2-5
@@ -293,26 +317,27 @@ def log_ticks(axis: mpl.axis.Axis, values: Iterable[float] | None, fmt: Callable
     vals = np.unique(raw[np.isfinite(raw) & (raw > 0)])
     view = axis.get_view_interval()
     if 0 < len(vals) <= 8 and _well_spaced(vals):
-        ticks = _extend_ticks(vals, view)
+        ticks = _thin(_extend_ticks(vals, view), view, axis, fmt)
     else:
-        ticks = nice_log_ticks(*view)
+        ticks = nice_log_ticks(*view, min_ticks=min_ticks)
     axis.set_major_locator(ticker.FixedLocator(ticks))
     axis.set_major_formatter(ticker.FuncFormatter(fmt))
     axis.set_minor_locator(ticker.LogLocator(base=10, subs="auto"))
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def nice_log_ticks(lo: float, hi: float, max_ticks: int = 7) -> np.ndarray:
-    """Round numbers in ``[lo, hi]`` for a log axis: decades or 1-2-5 when that gives three
-    ticks, else 1-2-3-5 when that gives two, else finer (thinned to ``max_ticks``)."""
+def nice_log_ticks(lo: float, hi: float, max_ticks: int = 7, min_ticks: int = 3) -> np.ndarray:
+    """Round numbers in ``[lo, hi]`` for a log axis: decades or 1-2-5 when that gives
+    ``min_ticks`` ticks, else 1-2-3-5 when that gives two, else finer (thinned to
+    ``max_ticks``)."""
     lo, hi = float(min(lo, hi)), float(max(lo, hi))
     if not (lo > 0 and np.isfinite(hi)):
         return np.array([])
     exponents = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
     ticks = np.array([])
     choices = (
-        ((1.0,), 3),
-        ((1.0, 2.0, 5.0), 3),
+        ((1.0,), min_ticks),
+        ((1.0, 2.0, 5.0), min_ticks),
         ((1.0, 2.0, 3.0, 5.0), 2),
         ((1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0), 0),
     )
@@ -354,6 +379,40 @@ def _extend_ticks(vals: np.ndarray, view: Sequence[float]) -> np.ndarray:
             if lo <= v <= hi and (v < vals[0] / 1.6 or v > vals[-1] * 1.6):
                 extra.append(v)
     return np.unique(np.concatenate([vals, np.array(extra, dtype=float)]))
+
+
+def _thin(
+    ticks: np.ndarray, view: Sequence[float], axis: mpl.axis.Axis, fmt: Callable
+) -> np.ndarray:
+    """Drop ticks whose labels would collide with the previous kept one.
+
+    The room a label needs is estimated from its length (x axis: about 0.06 in per character,
+    plus a gap) or the font height (y axis), against the size of the axes' grid cell.
+    """
+    lo, hi = (float(v) for v in view)
+    if len(ticks) < 2 or not (lo > 0 and hi > lo):
+        return ticks
+    fig = axis.axes.figure
+    spec = axis.axes.get_subplotspec()
+    n_rows, n_cols = spec.get_gridspec().get_geometry() if spec is not None else (1, 1)
+    span = np.log10(hi / lo)
+    if axis.axis_name == "x":
+        # about 80 % of a grid cell is axes after constrained layout
+        length_in = max(0.8 * fig.get_figwidth() / n_cols, 0.5)
+
+        def room(a: float, b: float) -> float:
+            return (0.06 * (len(fmt(a)) + len(fmt(b))) / 2 + 0.08) / length_in
+    else:
+        length_in = max(0.6 * fig.get_figheight() / n_rows, 0.5)
+
+        def room(a: float, b: float) -> float:
+            return 0.16 / length_in
+
+    kept = [ticks[0]]
+    for t in ticks[1:]:
+        if np.log10(t / kept[-1]) / span >= room(kept[-1], t):
+            kept.append(t)
+    return np.array(kept)
 
 
 def _well_spaced(vals: np.ndarray) -> bool:
@@ -541,10 +600,6 @@ def save_atomically(
     """
     targets = [(Path(out_pdf), "pdf", {"CreationDate": None}), (Path(out_png), "png", {})]
     temps: list[tuple[str, Path]] = []
-    # Lay the figure out once (constrained layout is the slow part), then freeze it for both
-    # formats: sizes are in inches, so the layout does not depend on the format or the dpi.
-    fig.draw_without_rendering()
-    fig.set_layout_engine("none")
     try:
         for target, fmt, metadata in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -552,6 +607,9 @@ def save_atomically(
             os.close(fd)
             temps.append((tmp, target))
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+            # The first save laid the figure out (constrained layout is the slow part); sizes are
+            # in inches, so the second format reuses that layout.
+            fig.set_layout_engine("none")
         for tmp, target in temps:
             os.replace(tmp, target)
     finally:

@@ -25,6 +25,7 @@ from valuescale.plots._common import (
     params_scale,
     percent,
     plain,
+    sources_line,
     utd_scale,
 )
 
@@ -164,7 +165,10 @@ def fig_batch_size(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         left.set_xlabel("UTD ratio σ")
         right.set_xlabel("critic parameters N")
         left.set_ylabel("best batch size B*")
-        title = panel_title(key["env"], key.get("agent"))
+        many = "source" in rows and rows["source"].nunique() > 1
+        title = panel_title(
+            key["env"], key.get("agent"), source=key.get("source") if many else None
+        )
         if fit is None:
             law = "no Eq. 6.1 fit"
         else:
@@ -187,9 +191,7 @@ def fig_batch_size(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         Line2D([], [], color="0.4", ls="--", label="Eq. 6.1 fit (suite)"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=4)
-    sources = sorted(rows["source"].astype(str).unique()) if "source" in rows else []
-    fig.suptitle(
-        "Best batch size B* vs UTD ratio σ and critic size N"
-        + (f" — runs: {', '.join(sources)}" if sources else "")
-    )
+    runs = sources_line(rows["source"]) if "source" in rows else ""
+    title = "Best batch size B* vs UTD ratio σ and critic size N"
+    fig.suptitle(f"{title}\n{runs}" if runs else title)
     return fig

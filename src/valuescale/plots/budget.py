@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
+from matplotlib import colors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -23,6 +25,7 @@ from valuescale.plots._common import (
     plain,
     robust_log_range,
     sci,
+    source_label,
 )
 from valuescale.plots.laws import VARIANT_LABELS, _variants_setting
 
@@ -53,6 +56,9 @@ QUANTITIES = (
     ("sigma", "utd", "σ*: UTD ratio", plain),
     ("N", "critic_params", "N*: critic parameters", human),
 )
+QUANTITY_SYMBOLS = {"D": "D", "C": "C", "sigma": "σ", "N": "N"}
+# A (variant, agent, source) family with more scopes than this shares one row of panels.
+MAX_SINGLE_ROWS = 3
 FIT_COLOUR = "#1f4e9c"
 HELDOUT_COLOUR = "#d1495b"
 
@@ -74,26 +80,39 @@ def _line(fits: pd.DataFrame | None, key: Mapping[str, object], quantity: str) -
     return sel.iloc[0] if len(sel) else None
 
 
-def _draw(
-    ax: Axes, points: pd.DataFrame, line: pd.Series | None, column: str, label: str, fmt: object
-) -> None:
-    budget = points["budget"].to_numpy(float)
-    y = points[column].to_numpy(float)
+def _split(
+    budget: np.ndarray, y: np.ndarray, line: pd.Series | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Finite positive points sorted by budget and how many of the lowest are fitted."""
     ok = np.isfinite(budget) & np.isfinite(y) & (budget > 0) & (y > 0)
-    budget, y = budget[ok], y[ok]
+    order = np.argsort(budget[ok], kind="stable")
+    budget, y = budget[ok][order], y[ok][order]
     n_fit = len(budget) - N_HELDOUT
     if line is not None and "n_fit" in line and np.isfinite(line["n_fit"]):
         n_fit = int(line["n_fit"])
     n_fit = max(0, min(n_fit, len(budget)))
-    y_lo, y_hi = robust_log_range(y, 1.3)
+    return budget, y, np.arange(len(y)) < n_fit, n_fit
+
+
+def _points(
+    ax: Axes,
+    budget: np.ndarray,
+    y: np.ndarray,
+    fitted: np.ndarray,
+    limits: tuple[float, float],
+    colour: str,
+    held_colour: str,
+) -> int:
+    """Fitted points filled, held-out ones hollow diamonds, off-scale ones as ▲▼ at the edge;
+    returns the number off-scale."""
+    y_lo, y_hi = limits
     inside = (y >= y_lo) & (y <= y_hi)
-    fitted = np.arange(len(y)) < n_fit
-    ax.scatter(budget[fitted & inside], y[fitted & inside], color=FIT_COLOUR, s=14, zorder=3)
+    ax.scatter(budget[fitted & inside], y[fitted & inside], color=colour, s=14, zorder=3)
     ax.scatter(
         budget[~fitted & inside],
         y[~fitted & inside],
         facecolors="white",
-        edgecolors=HELDOUT_COLOUR,
+        edgecolors=held_colour,
         marker="D",
         s=16,
         lw=1.0,
@@ -110,49 +129,163 @@ def _draw(
                 zorder=4,
                 clip_on=False,
             )
-    if (~inside).any():
+    return int((~inside).sum())
+
+
+def _fit_line(
+    ax: Axes,
+    line: pd.Series,
+    budget: np.ndarray,
+    n_fit: int,
+    xlim: tuple[float, float],
+    colour: str,
+    label: str | None = None,
+) -> None:
+    """The log-log line: solid over the fitted budgets, dashed beyond (extrapolation)."""
+    split = budget[n_fit - 1] if 0 < n_fit <= len(budget) else xlim[1]
+    xs = np.geomspace(*xlim, 60)
+    ys = 10 ** (line["intercept"] + line["slope"] * np.log10(xs))
+    ax.plot(xs[xs <= split], ys[xs <= split], color=colour, lw=1.2, label=label)
+    ax.plot(xs[xs >= split], ys[xs >= split], color=colour, lw=1.2, ls="--")
+
+
+def _finish(
+    ax: Axes,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    label: str,
+    fmt: object,
+    off: int,
+) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(label)
+    ax.set_xlabel("budget F: FLOPs")
+    log_ticks(ax.yaxis, None, fmt)
+    log_ticks(ax.xaxis, None, sci, min_ticks=2)  # long labels: few ticks
+    if off:
         ax.text(
             0.98,
             0.03,
-            f"{int((~inside).sum())} off-scale (▲▼)",
+            f"{off} off-scale (▲▼)",
             transform=ax.transAxes,
             ha="right",
             va="bottom",
             fontsize=6.5,
             color="0.35",
         )
-    x_lo, x_hi = padded_log_range(budget, 1.3)
+
+
+def _draw(
+    ax: Axes, points: pd.DataFrame, line: pd.Series | None, column: str, label: str, fmt: object
+) -> None:
+    """One scope: its points, its fitted line, slope and R² in the legend."""
+    budget, y, fitted, n_fit = _split(
+        points["budget"].to_numpy(float), points[column].to_numpy(float), line
+    )
+    limits = robust_log_range(y, 1.3)
+    off = _points(ax, budget, y, fitted, limits, FIT_COLOUR, HELDOUT_COLOUR)
+    xlim = padded_log_range(budget, 1.3)
     if line is not None:
-        split = budget[n_fit - 1] if 0 < n_fit <= len(budget) else x_hi
-        xs = np.geomspace(x_lo, x_hi, 60)
-        ys = 10 ** (line["intercept"] + line["slope"] * np.log10(xs))
         r2 = float(line["r2"])
-        ax.plot(
-            xs[xs <= split],
-            ys[xs <= split],
-            color=FIT_COLOUR,
-            lw=1.2,
-            label=f"slope {line['slope']:.2f}, R²={r2:.2f}" if np.isfinite(r2) else "",
+        text = f"slope {line['slope']:.2f}, R²={r2:.2f}" if np.isfinite(r2) else None
+        _fit_line(ax, line, budget, n_fit, xlim, FIT_COLOUR, text)
+        if text:
+            ax.legend(loc="best", handlelength=1.2, borderaxespad=0.2)
+    _finish(ax, xlim, limits, label, fmt, off)
+
+
+def _draw_overlay(
+    row_axes: Sequence[Axes],
+    scopes: list[tuple[Mapping[str, object], pd.DataFrame]],
+    fits: pd.DataFrame | None,
+) -> None:
+    """Several scopes in one row of four panels, one colour per scope; the legend beside the
+    row gives each scope's R² (log space, all points) of the D*, C*, σ*, N* lines."""
+    palette = mpl.colormaps["tab20" if len(scopes) > 10 else "tab10"]
+    r2_text: dict[str, list[str]] = {}
+    for ax, (quantity, column, label, fmt) in zip(row_axes, QUANTITIES, strict=True):
+        all_budget = np.concatenate([d["budget"].to_numpy(float) for _, d in scopes])
+        all_y = np.concatenate([d[column].to_numpy(float) for _, d in scopes])
+        limits = robust_log_range(all_y, 1.3)
+        xlim = padded_log_range(all_budget, 1.3)
+        off = 0
+        for i, (key, data) in enumerate(scopes):
+            colour = colors.to_hex(palette(i % palette.N))
+            line = _line(fits, key, quantity)
+            budget, y, fitted, n_fit = _split(
+                data["budget"].to_numpy(float), data[column].to_numpy(float), line
+            )
+            off += _points(ax, budget, y, fitted, limits, colour, colour)
+            r2 = float(line["r2"]) if line is not None else np.nan
+            r2_text.setdefault(str(key["scope"]), []).append(
+                f"{QUANTITY_SYMBOLS[quantity]} {r2:.2f}"
+                if np.isfinite(r2)
+                else f"{QUANTITY_SYMBOLS[quantity]} –"
+            )
+            if line is not None:
+                _fit_line(ax, line, budget, n_fit, xlim, colour)
+        _finish(ax, xlim, limits, label, fmt, off)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colors.to_hex(palette(i % palette.N)),
+            marker="o",
+            ms=3.5,
+            label=f"{key['scope']}: " + ", ".join(r2_text[str(key["scope"])]),
         )
-        ax.plot(xs[xs >= split], ys[xs >= split], color=FIT_COLOUR, lw=1.2, ls="--")
-        ax.legend(loc="best", handlelength=1.2, borderaxespad=0.2)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(x_lo, x_hi)
-    ax.set_ylim(y_lo, y_hi)
-    ax.set_ylabel(label)
-    ax.set_xlabel("budget F: FLOPs")
-    log_ticks(ax.yaxis, None, fmt)
-    log_ticks(ax.xaxis, None, sci)
+        for i, (key, _) in enumerate(scopes)
+    ]
+    row_axes[-1].legend(
+        handles=handles,
+        title="R² of the lines",
+        loc="center left",
+        bbox_to_anchor=(1.03, 0.5),
+        fontsize=6,
+        handlelength=1.2,
+        borderaxespad=0.0,
+    )
+
+
+def _rows(
+    points: pd.DataFrame, variants: Sequence[str]
+) -> list[tuple[dict[str, object], list[tuple[dict[str, object], pd.DataFrame]]]]:
+    """Rows of the figure: per (variant, agent, source) family, one row per scope, or one
+    overlay row when the family has more than :data:`MAX_SINGLE_ROWS` scopes."""
+    family_keys = [c for c in ("variant", "agent", "source") if c in points]
+    order = {v: i for i, v in enumerate(variants)}
+    points = points.assign(_order=points["variant"].map(order) if "variant" in points else 0)
+    rows = []
+    sort_keys = ["_order", *family_keys[1:]] if "variant" in points else family_keys
+    points = points.sort_values([*sort_keys, "scope"]) if sort_keys else points
+    families = points.groupby(family_keys, sort=False) if family_keys else [((), points)]
+    for values, family in families:
+        values = values if isinstance(values, tuple) else (values,)
+        fam = dict(zip(family_keys, values, strict=True))
+        scopes = [
+            ({**fam, "scope": scope}, data.sort_values("budget"))
+            for scope, data in family.groupby("scope", sort=True)
+        ]
+        if len(scopes) <= MAX_SINGLE_ROWS:
+            rows.extend((key, [(key, data)]) for key, data in scopes)
+        else:
+            rows.append((fam, scopes))
+    return rows
 
 
 def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
-    """Paper Figs. 7-8: budget-optimal D*, C*, σ*, N* vs F, one row per fit scope.
+    """Paper Figs. 7-8: budget-optimal D*, C*, σ*, N* vs the budget F.
 
     Each threshold J gives one budget-optimal point (F*, D*, C*, σ*, N*); the log-log line of
     ``budget_fits`` is fitted on the lowest budgets (filled points, solid line) and extrapolated
-    to the held-out top 5 (hollow diamonds, dashed line); the legend gives its slope and R² over
-    all points. Rows: per-env fits, then task-averaged fits (``settings["variants"]``).
+    to the held-out top 5 (hollow diamonds, dashed line). One row per fit scope, with slope and
+    R² (log space, all points) in the legend; a family (variant, agent, source) with more than
+    :data:`MAX_SINGLE_ROWS` scopes shares one row, one colour per scope, R² beside it. Rows:
+    per-env fits, then task-averaged fits (``settings["variants"]``). Points far outside the
+    bulk (degenerate fits) are drawn as ▲▼ at the edge.
     """
     points = tables.get("budget_optimal", BUDGET_OPTIMAL)
     if points is None:
@@ -164,29 +297,33 @@ def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     if points.empty:
         raise NoData("no budget-optimal point with status ok")
     fits = tables.get("budget_fits", BUDGET_FITS)
-    keys = _group_keys(points)
-    order = {v: i for i, v in enumerate(variants)}
-    points = points.assign(_order=points["variant"].map(order) if "variant" in points else 0)
-    groups = [
-        (key if isinstance(key, tuple) else (key,), data)
-        for key, data in points.sort_values(["_order", *keys]).groupby(keys, sort=False)
-    ]
-    fig, axes = panel_grid(4 * len(groups), 4, 2.1, extra_height=0.8)
-    for i, (values, data) in enumerate(groups):
-        key = dict(zip(keys, values, strict=True))
-        data = data.sort_values("budget")
+    rows = _rows(points, variants)
+    many = "source" in points and points["source"].nunique() > 1
+    fig, axes = panel_grid(4 * len(rows), 4, 2.1, extra_height=0.8)
+    for i, (key, scopes) in enumerate(rows):
         row_axes = axes[4 * i : 4 * i + 4]
-        for ax, (quantity, column, label, fmt) in zip(row_axes, QUANTITIES, strict=True):
-            if np.isfinite(data[column].to_numpy(float)).sum() == 0:
-                empty_panel(ax, f"no finite {column}")
-                continue
-            _draw(ax, data, _line(fits, key, quantity), column, label, fmt)
         variant = VARIANT_LABELS.get(str(key.get("variant")), key.get("variant") or "")
-        row_axes[0].set_title(panel_title(key["scope"], key.get("agent"), str(variant)), loc="left")
-        delta = (
-            f"δ = {sci(float(data['delta'].iloc[0]))} FLOPs per env step" if "delta" in data else ""
-        )
-        if delta:
+        if len(scopes) == 1:
+            data = scopes[0][1]
+            for ax, (quantity, column, label, fmt) in zip(row_axes, QUANTITIES, strict=True):
+                if np.isfinite(data[column].to_numpy(float)).sum() == 0:
+                    empty_panel(ax, f"no finite {column}")
+                    continue
+                _draw(ax, data, _line(fits, key, quantity), column, label, fmt)
+            title = panel_title(
+                key["scope"],
+                key.get("agent"),
+                str(variant),
+                source=key.get("source") if many else None,
+            )
+        else:
+            _draw_overlay(row_axes, scopes, fits)
+            where = f" · {source_label(key['source'])}" if key.get("source") else ""
+            title = panel_title(f"{len(scopes)} envs{where}", key.get("agent"), str(variant))
+            data = pd.concat([d for _, d in scopes])
+        row_axes[0].set_title(title, loc="left")
+        if "delta" in data and data["delta"].nunique() == 1:
+            delta = f"δ = {sci(float(data['delta'].iloc[0]))} FLOPs per env step"
             row_axes[1].set_title(delta, loc="left")
     handles = [
         Line2D([], [], ls="", marker="o", color=FIT_COLOUR, label="budget-optimal point (fitted)"),

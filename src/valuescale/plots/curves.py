@@ -29,6 +29,7 @@ from valuescale.plots._common import (
     human,
     panel_grid,
     panel_title,
+    source_label,
     utd_scale,
 )
 
@@ -221,7 +222,7 @@ def _draw_preprocessing(ax: Axes, item: _Prepared, levels: np.ndarray) -> None:
             item.key["env"],
             item.key["agent"],
             f"{_config_text(item.key)}, {_samples_text(item)}"
-            + (f"\n{source}" if source and source != "own" else ""),
+            + (f"\n{source_label(source)}" if source and source != "own" else ""),
         )
     )
 
@@ -353,6 +354,7 @@ def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figur
         levels = thresholds_for(thresholds, env, agent)
         row_axes = axes[r * n_cols : (r + 1) * n_cols]
         used = dict(layout[(agent, env)])
+        y_range = [0.0, 0.0]
         x_max = max(
             float(item.steps[-1])
             for by_utd in best[(agent, env)].values()
@@ -371,16 +373,26 @@ def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figur
                 colour = scale(utd)
                 ax.plot(item.steps, mean, color=colour, lw=1.0)
                 ax.fill_between(item.steps, mean - se, mean + se, color=colour, alpha=0.2, lw=0)
+                y_range = [
+                    min(y_range[0], float(np.nanmin(mean - se))),
+                    max(y_range[1], float(np.nanmax(mean + se))),
+                ]
             for level in levels[[0, -1]] if len(levels) else []:
                 ax.axhline(level, color="0.4", ls="--", lw=0.7, zorder=0)
             ax.set_xlim(0, x_max * 1.02)
-            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+            if c != min(used):  # one return scale per env (row)
+                ax.sharey(row_axes[min(used)])
+                ax.tick_params(labelleft=False)
             _step_axis(ax)
             if r < len(rows) - 1:
                 ax.set_xlabel("")
             ax.set_title(f"N={human(used[c])}", fontsize=8)
         first = row_axes[min(used)]
         first.set_ylabel(f"{panel_title(env, agent)}\nreturn")
+        if len(levels):
+            y_range[1] = max(y_range[1], float(levels[-1]))
+        pad = 0.04 * (y_range[1] - y_range[0] or 1.0)
+        first.set_ylim(y_range[0] - pad, y_range[1] + pad)
     scale.colorbar(fig, axes, location="bottom", shrink=0.4, aspect=40, pad=0.01)
     note_text = f" ({skipped} critic sizes not shown)" if skipped else ""
     fig.suptitle(

@@ -33,6 +33,7 @@ from valuescale.plots._common import (
     panel_title,
     params_scale,
     plain,
+    sources_line,
     utd_scale,
 )
 
@@ -189,9 +190,15 @@ def _threshold_text(fit: pd.Series) -> str:
 
 
 def _suptitle(fig: Figure, title: str, fits: pd.DataFrame) -> None:
-    sources = sorted(fits["source"].dropna().astype(str).unique()) if "source" in fits else []
-    extra = f" — runs: {', '.join(sources)}" if sources else ""
-    fig.suptitle(title + extra)
+    runs = sources_line(fits["source"]) if "source" in fits else ""
+    fig.suptitle(f"{title}\n{runs}" if runs else title)
+
+
+def _source(fit: pd.Series, fits: pd.DataFrame) -> object:
+    """The fit's source when the figure mixes several (for panel titles), else None."""
+    if "source" in fits and fits["source"].nunique() > 1:
+        return fit.get("source")
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +212,7 @@ class _ScalingPanel:
     points: pd.DataFrame
     optima: pd.DataFrame
     levels: np.ndarray
+    source: object = None
 
 
 def _optima(compute_optimal: pd.DataFrame | None, fit: pd.Series) -> pd.DataFrame:
@@ -345,9 +353,14 @@ def _draw_scaling(ax: Axes, panel: _ScalingPanel, scale: ColourScale) -> None:
     ax.set_ylabel("critic parameters N")
     hidden = int(len(optima) - inside.sum()) if len(optima) else 0
     ax.set_title(
-        f"{panel_title(fit['scope'], fit.get('agent'))}\n{_threshold_text(fit)}\n"
+        f"{panel_title(fit['scope'], fit.get('agent'), source=panel.source)}\n"
+        f"{_threshold_text(fit)}\n"
         + _fit_text(fit).replace("\n", ", ")
-        + (f"\n({hidden} compute-optimal points off-axis)" if hidden else ""),
+        + (
+            f"\n({hidden} compute-optimal point{'s' if hidden > 1 else ''} off-axis)"
+            if hidden
+            else ""
+        ),
         fontsize=8,
     )
 
@@ -395,7 +408,7 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         if np.isfinite(pts["D"].to_numpy(float)).sum() == 0:
             continue
         optima = _optima(compute_optimal, fit)
-        panels.append(_ScalingPanel(fit, pts, optima, _levels(pts, optima)))
+        panels.append(_ScalingPanel(fit, pts, optima, _levels(pts, optima), _source(fit, chosen)))
     if not panels:
         raise NoData("no measured D_J for any ok fit")
     all_d = np.concatenate(
@@ -405,7 +418,7 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     fig, axes = panel_grid(len(panels), 4, 2.9, extra_height=1.0)
     for ax, panel in zip(axes, panels, strict=True):
         _draw_scaling(ax, panel, scale)
-    scale.colorbar(fig, axes, shrink=0.6)
+    scale.colorbar(fig, axes, shrink=min(0.6, 5.0 / fig.get_figheight()))
     _scaling_legend(fig)
     _suptitle(fig, "Iso-D_J contours of the fitted law and the compute-optimal (σ*, N*)", chosen)
     return fig
@@ -517,11 +530,11 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
         left.set_xlabel("UTD ratio σ")
         right.set_xlabel("critic parameters N")
         left.set_ylabel("D_J (env steps)")
-        title = panel_title(fit["scope"], fit.get("agent"))
+        title = panel_title(fit["scope"], fit.get("agent"), source=_source(fit, chosen))
         j = fit.get("threshold")
-        j_text = f"J={j:.0f}" if j is not None and np.isfinite(j) else ""
-        left.set_title(f"{title}: vs σ\n{j_text}")
-        right.set_title(f"{title}: vs N\n{_fit_text(fit).replace(chr(10), ', ')}")
+        j_text = f", J={j:.0f}" if j is not None and np.isfinite(j) else ""
+        left.set_title(f"{title}\nD_J vs σ{j_text}", fontsize=8)
+        right.set_title(f"{title}\nD_J vs N: {_fit_text(fit).replace(chr(10), ', ')}", fontsize=8)
     n_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
     u_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
     _suptitle(

@@ -606,7 +606,9 @@ class _Run:
         packed = np.zeros((S, 2 + 2 * d), np.float32)
         vpacked = np.zeros((S, 2 + 2 * d), np.float32)
         bar = self._progress_bar()
-        t_log, t_start, g_start = time.perf_counter(), self.t, self.grad_steps
+        self._mark = (time.perf_counter(), self.t, self.grad_steps)
+        self._rates = (float("nan"), float("nan"))
+        self._last_line = time.perf_counter()
         while self.t < cfg.steps:
             actions = np.asarray(self.carry["action"])
             self._step_envs(self.envs, actions, packed, self.t + 1)
@@ -628,26 +630,8 @@ class _Run:
             if cfg.checkpoint_every and t % cfg.checkpoint_every == 0 and t < cfg.steps:
                 save_checkpoint(ckpt_path, self._checkpoint_payload())
                 self._write_outputs(complete=False)
-            if bar is not None and (t % 100 == 0 or t == cfg.steps):
-                dt = time.perf_counter() - t_log
-                bar.update(t - bar.n)
-                bar.set_postfix(
-                    env_steps_s=f"{(t - t_start) / max(dt, 1e-9):.0f}",
-                    updates_s=f"{(self.grad_steps - g_start) / max(dt, 1e-9):.0f}",
-                    eval_return="-" if self.last_return is None else f"{self.last_return:.1f}",
-                    refresh=False,
-                )
-            elif bar is None and t in eval_steps:
-                dt = time.perf_counter() - t_log
-                log.info(
-                    "%s step %d/%d  %.0f env steps/s  %.0f updates/s  eval return %s",
-                    cfg.env,
-                    t,
-                    cfg.steps,
-                    (t - t_start) / max(dt, 1e-9),
-                    (self.grad_steps - g_start) / max(dt, 1e-9),
-                    "-" if self.last_return is None else f"{self.last_return:.1f}",
-                )
+            if t % 100 == 0 or t == cfg.steps or t in eval_steps:
+                self._report(bar, t in eval_steps)
         if bar is not None:
             bar.close()
         summary = self._write_outputs(complete=True)
@@ -680,6 +664,37 @@ class _Run:
         actions = np.asarray(self.val["action"])
         self._step_envs(self.val_envs, actions, vpacked, self.t)
         self.val = self.dev.val_insert(self.val, agent, vpacked, self.grad_steps > 0)
+
+    def _report(self, bar: Any, evaluated: bool) -> None:
+        """Progress bar update, or (without a bar) a log line after evaluations and every minute.
+        Rates are measured over windows of at least 2 s (compilation shows up only at first)."""
+        now = time.perf_counter()
+        mark_time, mark_t, mark_g = self._mark
+        if now - mark_time >= 2.0:
+            dt = now - mark_time
+            self._rates = ((self.t - mark_t) / dt, (self.grad_steps - mark_g) / dt)
+            self._mark = (now, self.t, self.grad_steps)
+        env_rate, update_rate = self._rates
+        ret = "-" if self.last_return is None else f"{self.last_return:.1f}"
+        if bar is not None:
+            bar.update(self.t - bar.n)
+            bar.set_postfix(
+                env_steps_s=f"{env_rate:.0f}",
+                updates_s=f"{update_rate:.0f}",
+                eval_return=ret,
+                refresh=False,
+            )
+        elif evaluated or now - self._last_line >= 60.0 or self.t == self.cfg.steps:
+            self._last_line = now
+            log.info(
+                "%s step %d/%d  %.0f env steps/s  %.0f updates/s  last eval return %s",
+                self.cfg.env,
+                self.t,
+                self.cfg.steps,
+                env_rate,
+                update_rate,
+                ret,
+            )
 
     def _progress_bar(self) -> Any:
         if not self.progress:

@@ -154,3 +154,27 @@ def test_config_conflict_with_a_checkpoint_exits_2(tmp_path: Path) -> None:
     result = _cli("--env", "cheetah-run", "--out", str(tmp_path), timeout=120)
     assert result.returncode == 2
     assert "different config" in result.stderr and "lr" in result.stderr
+
+
+def test_threads_pins_every_thread_including_jax() -> None:
+    code = (
+        "import glob, numpy\n"
+        "from valuescale.train import pin_threads\n"
+        "pin_threads(1)\n"
+        "import jax.numpy as jnp\n"
+        "(jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()\n"
+        "masks = set()\n"
+        "for f in glob.glob('/proc/self/task/*/status'):\n"
+        "    for line in open(f):\n"
+        "        if line.startswith('Cpus_allowed_list'):\n"
+        "            masks.add(line.split()[1])\n"
+        "print(len(glob.glob('/proc/self/task/*')), sorted(masks))\n"
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    n_threads, masks = probe.stdout.split(" ", 1)
+    assert int(n_threads) > 1
+    first_core = sorted(os.sched_getaffinity(0))[0]
+    assert masks.strip() == str([str(first_core)])

@@ -882,6 +882,13 @@ def pin_threads(n: int) -> list[int]:
     if n < 1 or n > len(allowed):
         raise ValueError(f"must be between 1 and the {len(allowed)} allowed cores, got {n}")
     cores = allowed[:n]
+    # sched_setaffinity acts on one thread; threads started before this call (e.g. numpy's BLAS
+    # pool) keep their mask, so pin every thread of the process. Later threads (JAX's) inherit it.
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):  # the thread has exited
+            pass
     os.sched_setaffinity(0, cores)
     return cores
 

@@ -140,7 +140,6 @@ WILDCARD_PATTERNS = {
     "last": r"0|[1-9][0-9]*",
     "name": "|".join(PUBLISHED_NAMES),
     "figure": "|".join(FIGURES),
-    "table": "|".join(EVALUATION_TABLES),
 }
 
 

@@ -599,6 +599,19 @@ class _Run:
             self._restore(ckpt)
             log.info("resumed %s from env step %d", self.out_dir, self.t)
         self.critic_params, self.passive_params = self.dev.critic_params(self.carry["agent"])
+        log.info(
+            "%s: %s seeds %s, utd %g, width %d (critic_params %d), batch %d, lr %g, %d steps -> %s",
+            "resuming" if ckpt is not None else "training",
+            cfg.env,
+            list(cfg.seeds),
+            cfg.utd,
+            cfg.critic_width,
+            self.critic_params,
+            cfg.batch_size,
+            cfg.lr,
+            cfg.steps,
+            self.out_dir,
+        )
         eval_steps = set(cfg.eval_steps())
         reset_steps = set(cfg.reset_steps())
         ckpt_path = self.out_dir / CHECKPOINT_NAME
@@ -915,11 +928,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("argument --threads: JAX was imported before the cores could be pinned")
         pin_threads(threads)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    # Our own handler: absl (imported by dm_control) already put one on the root logger, which
+    # makes logging.basicConfig a no-op and leaves the root at WARNING.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    package_log = logging.getLogger("valuescale")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    package_log.propagate = False
     try:
         summary = run_training(cfg, out, progress=progress, compilation_cache=cache)
     except OutDirConflict as e:

@@ -149,6 +149,25 @@ def test_figure_renders_from_real_tables(
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.pdf", f"{name}.png"]
 
 
+def test_figure_settings_choose_threshold_and_variants(
+    real_tables: dict[str, str], tmp_path: Path, caplog
+) -> None:
+    settings = {"figures": {"dpi": DPI, "threshold_idx": 0, "variants": ["per_env"]}}
+    for name in ("fig_scaling", "fig_data_efficiency", "fig_budget"):
+        pdf, png = tmp_path / f"{name}.pdf", tmp_path / f"{name}.png"
+        with caplog.at_level(logging.WARNING, logger="valuescale.plots"):
+            render_figure(name, _inputs(real_tables, name), str(pdf), str(png), settings)
+        assert "no data" not in caplog.text
+        _check_outputs(pdf, png)
+    # a threshold no fit has: nothing to show, still written
+    settings["figures"]["threshold_idx"] = 99
+    with caplog.at_level(logging.WARNING, logger="valuescale.plots"):
+        render_figure(
+            "fig_scaling", _inputs(real_tables, "fig_scaling"), str(pdf), str(png), settings
+        )
+    assert "no data" in caplog.text
+
+
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_malformed_table_names_file_and_column(
     name: str, real_tables: dict[str, str], tmp_path: Path

@@ -645,3 +645,22 @@ def robust_log_range(
     mad = float(np.median(np.abs(logs - med))) * 1.4826
     keep = np.abs(logs - med) <= max(min_decades, 4 * mad)
     return padded_log_range(vals[keep], factor)
+
+
+def main_source(
+    df: pd.DataFrame,
+    group: Sequence[str] = ("agent", "env"),
+    config: Sequence[str] = ("utd", "critic_params"),
+) -> pd.DataFrame:
+    """Rows of ``df`` from the source with the most ``config`` combinations in each ``group``
+    (the study's grid, not the scattered evaluation or allocation runs; ties: first by name)."""
+    if "source" not in df or df["source"].nunique() <= 1:
+        return df
+    group = [c for c in group if c in df]
+    configs = df[[*group, "source", *config]].drop_duplicates()
+    counts = configs.groupby([*group, "source"], dropna=False).size().reset_index(name="_n")
+    counts = counts.sort_values(
+        [*group, "_n", "source"], ascending=[True] * len(group) + [False, True]
+    )
+    chosen = counts.drop_duplicates(group)[[*group, "source"]]
+    return df.merge(chosen, on=[*group, "source"], how="inner")

@@ -129,9 +129,11 @@ def _draw(
     ax.set_yscale("log")
     ax.set_xlim(x_lo, x_hi)
     values = np.concatenate([data["B_star"], data["B_star_lo"], data["B_star_hi"]]).astype(float)
-    ax.set_ylim(*padded_log_range(values, 1.25))
+    y_lo, y_hi = padded_log_range(values, 1.25)
+    ax.set_ylim(y_lo, y_hi)
     log_ticks(ax.xaxis, data[x].to_numpy(float), x_fmt)
-    log_ticks(ax.yaxis, None, plain)
+    powers = 2.0 ** np.arange(np.ceil(np.log2(y_lo)), np.floor(np.log2(y_hi)) + 1)
+    log_ticks(ax.yaxis, powers if len(powers) >= 2 else None, plain)  # batch sizes: powers of 2
 
 
 def fig_batch_size(tables: Inputs, settings: Mapping[str, object]) -> Figure:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +25,10 @@ from valuescale.plots._common import (
     Inputs,
     NoData,
     TableSpec,
+    agent_label,
     fill_optional,
     human,
+    main_source,
     panel_grid,
     panel_title,
     source_label,
@@ -139,11 +141,14 @@ def _prepare_all(curves: pd.DataFrame) -> list[_Prepared]:
     return out
 
 
-def choose_configurations(prepared: list[_Prepared], n: int) -> list[_Prepared]:
+def choose_configurations(
+    prepared: list[_Prepared], n: int, with_thresholds: Collection[str] = ()
+) -> list[_Prepared]:
     """Up to ``n`` configurations, one per (agent, env), illustrating the preprocessing best.
 
     Per (agent, env) the configuration with the most post-reset points dropped (ties: higher σ,
-    more seeds, larger N); then the (agent, env) groups with the most dropped points.
+    more seeds, larger N); then the (agent, env) groups with the most dropped points, envs with
+    thresholds (``with_thresholds``) first.
     """
     best: dict[tuple[str, str], _Prepared] = {}
     for item in prepared:
@@ -162,7 +167,9 @@ def choose_configurations(prepared: list[_Prepared], n: int) -> list[_Prepared]:
             float(current.key["critic_params"]),
         ):
             best[group] = item
-    ranked = sorted(best.items(), key=lambda kv: (-kv[1].n_dropped, kv[0]))[:n]
+    ranked = sorted(
+        best.items(), key=lambda kv: (kv[0][1] not in with_thresholds, -kv[1].n_dropped, kv[0])
+    )[:n]
     return [item for _, item in sorted(ranked, key=lambda kv: kv[0])]
 
 
@@ -240,8 +247,9 @@ def fig_preprocessing(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     prepared = _prepare_all(curves)
     if not prepared:
         raise NoData("no return curves")
-    chosen = choose_configurations(prepared, MAX_PREPROCESSING_PANELS)
     thresholds = load_thresholds(tables)
+    envs = set() if thresholds is None else set(thresholds["env"].astype(str))
+    chosen = choose_configurations(prepared, MAX_PREPROCESSING_PANELS, envs)
     fig, axes = panel_grid(len(chosen), 2 if len(chosen) == 4 else 3, 2.6, extra_height=0.9)
     for ax, item in zip(axes, chosen, strict=True):
         levels = thresholds_for(thresholds, str(item.key["env"]), str(item.key["agent"]))
@@ -335,16 +343,18 @@ def _columns(
 def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     """Learning curves: seed-mean return ± one standard error vs env steps.
 
-    One row per (agent, env), one panel per critic size N (columns aligned across envs; at most
+    One row per (agent, env) (runs of the source with the most (σ, N) configurations of that
+    env), one panel per critic size N (columns aligned across envs; at most
     6, evenly spread), one line per σ (colour, shared colour bar) at the batch size that reaches
     J_max first. Grey dashed lines: J_min and J_max of the env. Panels of a row share the x axis.
     """
-    curves = load_returns(tables)
+    curves = main_source(load_returns(tables))
     prepared = _prepare_all(curves)
     if not prepared:
         raise NoData("no return curves")
     thresholds = load_thresholds(tables)
     best = _best_per_size(prepared, thresholds)
+    many = curves["source"].nunique() > 1
     rows = sorted(best)
     n_cols, layout = _columns(best)
     scale = utd_scale([float(p.key["utd"]) for p in prepared])
@@ -388,7 +398,9 @@ def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figur
                 ax.set_xlabel("")
             ax.set_title(f"N={human(used[c])}", fontsize=8)
         first = row_axes[min(used)]
-        first.set_ylabel(f"{panel_title(env, agent)}\nreturn")
+        source = next(iter(next(iter(best[(agent, env)].values())).values())).key["source"]
+        label = [env, agent_label(agent)] + ([source_label(source)] if many else [])
+        first.set_ylabel("\n".join([*label, "return"]))
         if len(levels):
             y_range[1] = max(y_range[1], float(levels[-1]))
         pad = 0.04 * (y_range[1] - y_range[0] or 1.0)

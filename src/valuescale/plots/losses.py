@@ -25,6 +25,7 @@ from valuescale.plots._common import (
     fill_optional,
     human,
     log_ticks,
+    main_source,
     padded_log_range,
     panel_grid,
     panel_title,
@@ -150,7 +151,8 @@ def fig_overfitting(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     Loss = mean over the last 10 % of training (mean over seeds ± s.e.); solid/filled: training
     loss on replay batches, dashed/hollow: validation loss on the held-out buffer. Left panel of
     each pair: vs σ, one colour per N; right: vs N, one colour per σ. Per (σ, N), the batch size
-    (and source, learning rate) with the most seeds.
+    (and learning rate) with the most seeds; per env the source with the most (σ, N)
+    configurations (the grid).
     """
     curves = load_losses(tables, (TRAIN_METRIC, VALIDATION_METRIC))
     if curves is None or not (curves["metric"] == VALIDATION_METRIC).any():
@@ -158,11 +160,13 @@ def fig_overfitting(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     summary = summarise(curves, RUN_KEYS)
     has_val = summary[summary["metric"] == VALIDATION_METRIC][RUN_KEYS].drop_duplicates()
     summary = summary.merge(has_val, on=RUN_KEYS, how="inner")
+    summary = main_source(summary)
     summary = _most_sampled(summary, ["agent", "env", "utd", "critic_params"])
     summary = summary[summary["loss"] > 0]
     if summary.empty:
         raise NoData("no positive critic losses")
     groups = list(summary.groupby(["agent", "env"], sort=True))
+    many = summary["source"].nunique() > 1
     n_scale = params_scale(summary["critic_params"].to_numpy(float))
     u_scale = utd_scale(summary["utd"].to_numpy(float))
     fig, axes = panel_grid(2 * len(groups), 4, 2.35, extra_height=1.6)
@@ -170,9 +174,9 @@ def fig_overfitting(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         left, right = axes[2 * i], axes[2 * i + 1]
         _draw_overfitting(left, data, "utd", "critic_params", n_scale, plain)
         _draw_overfitting(right, data, "critic_params", "utd", u_scale, human)
-        title = panel_title(env, agent)
-        left.set_title(f"{title}: vs σ")
-        right.set_title(f"{title}: vs N")
+        title = panel_title(env, agent, source=data["source"].iloc[0] if many else None)
+        left.set_title(f"{title}\nvs σ", fontsize=8.5)
+        right.set_title(f"{title}\nvs N", fontsize=8.5)
         left.set_xlabel("UTD ratio σ")
         right.set_xlabel("critic parameters N")
         left.set_ylabel("critic TD loss (last 10 %)")

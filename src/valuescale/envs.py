@@ -32,15 +32,12 @@ not covered (none of the paper's tasks do).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
 
 import numpy as np
-
-# dm_control picks an OpenGL backend at import; we never render, so do not probe for a display
-# (this also silences the GLFW warning). A user's own MUJOCO_GL setting wins.
-os.environ.setdefault("MUJOCO_GL", "disable")
 
 #: The paper's environment names that differ from ``<domain>-<task>`` in dm_control.
 DMC_ALIASES: dict[str, tuple[str, str]] = {
@@ -81,10 +78,30 @@ HUMANOID_BENCH_INSTALL = (
 _HUMANOID_BENCH_RE = re.compile(r"^h1[a-z0-9_]*-[a-z0-9_]+-v\d+$")
 
 
-def _dmc_tasks() -> list[tuple[str, str]]:
+class _QuietDeprecatedMjcf(logging.Filter):
+    """Drops mujoco's compiler warning about dm_control's own ``settotalmass`` attribute (cheetah
+    and others log it once per env built; it is not ours to fix)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "settotalmass" not in record.getMessage()
+
+
+def _suite() -> Any:
+    """``dm_control.suite``. dm_control and mujoco pick an OpenGL backend at import; DMC training
+    never renders, so unless the user chose a backend (MUJOCO_GL) none is probed (this also
+    silences the GLFW warning). Not done for HumanoidBench: the paper's fork needs a GL backend."""
+    os.environ.setdefault("MUJOCO_GL", "disable")
     from dm_control import suite
 
-    return list(suite.ALL_TASKS)
+    absl_log = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietDeprecatedMjcf) for f in absl_log.filters):
+        absl_log.addFilter(_QuietDeprecatedMjcf())
+
+    return suite
+
+
+def _dmc_tasks() -> list[tuple[str, str]]:
+    return list(_suite().ALL_TASKS)
 
 
 def list_envs() -> list[str]:
@@ -135,8 +152,7 @@ class DMCEnv:
     """One dm_control suite task with flat float32 observations and actions in [-1, 1]."""
 
     def __init__(self, name: str, seed: int, max_episode_steps: int = 1000) -> None:
-        from dm_control import suite
-
+        suite = _suite()
         domain, task = resolve_dmc(name)
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")

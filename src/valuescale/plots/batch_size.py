@@ -96,10 +96,14 @@ def _draw(
     edge of the grid."""
     x_lo, x_hi = padded_log_range(data[x].to_numpy(float), 1.25)
     grid = np.geomspace(x_lo, x_hi, 80)
-    for value, rows in data.groupby(group, sort=True):
+    n_groups = data[group].nunique()
+    for k, (value, rows) in enumerate(data.groupby(group, sort=True)):
         rows = rows.sort_values(x)
         colour = scale(float(value))
-        xv = rows[x].to_numpy(float)
+        # points of different lines side by side (±5 % in x), so that their error bars separate
+        xv = rows[x].to_numpy(float) * np.exp(
+            0.05 * (k - (n_groups - 1) / 2) / max(n_groups - 1, 1)
+        )
         b = rows["B_star"].to_numpy(float)
         lo = np.where(np.isfinite(rows["B_star_lo"]), rows["B_star_lo"], b)
         hi = np.where(np.isfinite(rows["B_star_hi"]), rows["B_star_hi"], b)

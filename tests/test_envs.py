@@ -28,9 +28,9 @@ from valuescale.envs import (
     ],
 )
 def test_flat_observation_matches_dm_control(name: str, domain: str, task: str) -> None:
-    from dm_control import suite  # after valuescale.envs: no OpenGL probing
-
     env = make_env(name, seed=7)
+    from dm_control import suite  # after make_env chose MUJOCO_GL: no OpenGL probing
+
     raw = suite.load(domain, task, task_kwargs={"random": 7})
     spec = raw.observation_spec()
     assert env.obs_dim == sum(int(np.prod(v.shape)) for v in spec.values())

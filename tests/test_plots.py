@@ -153,7 +153,7 @@ def test_figure_settings_choose_threshold_and_variants(
     real_tables: dict[str, str], tmp_path: Path, caplog
 ) -> None:
     settings = {"figures": {"dpi": DPI, "threshold_idx": 0, "variants": ["per_env"]}}
-    for name in ("fig_scaling", "fig_data_efficiency", "fig_budget"):
+    for name in ("fig_scaling", "fig_budget"):
         pdf, png = tmp_path / f"{name}.pdf", tmp_path / f"{name}.png"
         with caplog.at_level(logging.WARNING, logger="valuescale.plots"):
             render_figure(name, _inputs(real_tables, name), str(pdf), str(png), settings)
@@ -204,8 +204,8 @@ def test_outputs_are_replaced_atomically(real_tables: dict[str, str], tmp_path: 
     pdf.write_text("old")
     png.write_text("old")
     render_figure(
-        "fig_budget",
-        _inputs(real_tables, "fig_budget"),
+        "fig_preprocessing",
+        _inputs(real_tables, "fig_preprocessing"),
         str(pdf),
         str(png),
         {"figures": {"dpi": DPI}},

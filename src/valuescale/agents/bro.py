@@ -204,14 +204,11 @@ def quantile_huber_loss(pred: jax.Array, target: jax.Array, kappa: float = 1.0) 
     return _quantile_huber_loss(pred, target, float(kappa))
 
 
-def _pairwise_terms(pred: jax.Array, target: jax.Array, kappa: float):
-    """Elementwise ``rho`` and ``w * clip(u, -kappa, kappa) / kappa``, laid out [..., B, j, i].
+def _pairwise_terms(u: jax.Array, taus: jax.Array, kappa: float):
+    """Elementwise ``rho(u)`` and ``w(u) * clip(u, -kappa, kappa) / kappa`` for TD errors ``u``.
 
-    ``u[..., b, j, i] = target[b, j] - pred[..., b, i]``: the predicted-quantile index ``i`` is the
-    minor axis, so reductions over the target index ``j`` vectorise over ``i``.
+    ``taus`` broadcasts against the predicted-quantile axis of ``u``.
     """
-    taus = quantile_taus(pred.shape[-1])
-    u = target[..., :, None] - pred[..., None, :]
     weight = jnp.where(u < 0, 1.0 - taus, taus)
     clipped = jnp.clip(u, -kappa, kappa)
     # huber(u) = clip(u) * (u - clip(u) / 2): 0.5 u^2 inside [-kappa, kappa], kappa(|u| - kappa/2)
@@ -220,17 +217,38 @@ def _pairwise_terms(pred: jax.Array, target: jax.Array, kappa: float):
     return slope * (u - 0.5 * clipped), slope
 
 
-def _sum_over_targets(pred: jax.Array, target: jax.Array, kappa: float):
-    """``(sum_j rho, sum_j w clip(u) / kappa)``, each [..., B, Q], in ONE variadic reduction.
+def _target_chunk(n_target: int) -> int:
+    """Targets handled per scan step: the largest divisor of ``n_target`` up to 10."""
+    return max(d for d in range(1, 11) if n_target % d == 0)
 
-    A single two-output reduce lets XLA fuse the elementwise pairwise terms into it; two separate
-    ``jnp.sum`` calls make XLA materialise the [..., B, Q, Q'] intermediates (about 10x slower).
+
+def _sum_over_targets(pred: jax.Array, target: jax.Array, kappa: float):
+    """``(sum_j rho_ij, sum_j w_ij clip(u_ij) / kappa)``, each shaped like ``pred`` [..., B, Q].
+
+    The sum over target quantiles ``j`` runs as a ``lax.scan`` over chunks of targets, each step
+    adding the terms of a few targets to two [..., B, Q] accumulators in one elementwise fusion.
+    The [..., B, Q, Q'] pairwise tensor never exists, and the work vectorises over the predicted
+    quantiles ``i`` (independent accumulators, so no reassociation is needed). On the 2-core CPU
+    this is about 5x faster than a (variadic) ``reduce`` over ``j``, which XLA emits as a scalar
+    loop, and far faster than two separate sums, which make XLA materialise the pairwise tensors.
+    Targets are summed in order ``j = 0, 1, ...``.
     """
-    rho, slope = _pairwise_terms(pred, target, kappa)
-    zero = jnp.zeros((), rho.dtype)
-    return jax.lax.reduce(
-        (rho, slope), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), (rho.ndim - 2,)
-    )
+    taus = quantile_taus(pred.shape[-1])
+    n_target = target.shape[-1]
+    chunk = _target_chunk(n_target)
+    # [n_chunks, B, chunk]: scan over the leading axis
+    chunks = jnp.moveaxis(target.reshape(*target.shape[:-1], n_target // chunk, chunk), -2, 0)
+    zeros = jnp.zeros(jnp.broadcast_shapes(pred.shape, target.shape[:-1] + (1,)), pred.dtype)
+
+    def body(carry, target_chunk):
+        rho_sum, slope_sum = carry
+        for k in range(chunk):
+            rho, slope = _pairwise_terms(target_chunk[..., k : k + 1] - pred, taus, kappa)
+            rho_sum, slope_sum = rho_sum + rho, slope_sum + slope
+        return (rho_sum, slope_sum), None
+
+    (rho_sum, slope_sum), _ = jax.lax.scan(body, (zeros, zeros), chunks)
+    return rho_sum, slope_sum
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -251,8 +269,10 @@ def _qh_fwd(pred, target, kappa):
 def _qh_bwd(kappa, residuals, g):
     grad_pred, pred, target = residuals
     # d loss / d target_j = +scale * sum over heads and i of w_ij clip(u_ij) / kappa. Recomputed
-    # here; XLA drops it when the target is not differentiated (the usual stop-gradient target).
-    _, slope = _pairwise_terms(pred, target, kappa)
+    # here from the [..., B, j, i] pairwise tensor; XLA drops it when the target is not
+    # differentiated (the usual stop-gradient target).
+    u = target[..., :, None] - pred[..., None, :]
+    _, slope = _pairwise_terms(u, quantile_taus(pred.shape[-1]), kappa)
     batch, n_target = target.shape[-2], target.shape[-1]
     lead = tuple(range(slope.ndim - 3))
     grad_target = jnp.sum(slope, axis=(*lead, slope.ndim - 1)) / (batch * n_target)

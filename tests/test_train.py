@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from valuescale.config import TrainConfig
+from valuescale.config import ConfigError, TrainConfig
 from valuescale.envs import make_env
 from valuescale.train import CURVE_COLUMNS, OutDirConflict, _Run, run_training
 
@@ -35,6 +35,60 @@ def tiny(**overrides) -> TrainConfig:
     return TrainConfig(**{**TINY, **overrides})
 
 
+@pytest.mark.parametrize(
+    ("utd", "first_eight", "after_100"),
+    [
+        (1.0, [1] * 8, 100),
+        (2.0, [2] * 8, 200),
+        (0.25, [0, 0, 0, 1, 0, 0, 0, 1], 25),
+        (0.5, [0, 1] * 4, 50),
+        (1.5, [1, 2] * 4, 150),
+        (0.3, [0, 0, 0, 1, 0, 0, 1, 0], 30),  # read as the decimal 3/10, not the nearest float
+    ],
+)
+def test_update_schedule(utd: float, first_eight: list[int], after_100: int) -> None:
+    cfg = TrainConfig("cartpole-balance", utd=utd)
+    assert [cfg.updates_at(k) for k in range(8)] == first_eight
+    assert sum(cfg.updates_at(k) for k in range(100)) == cfg.gradient_steps_after(100) == after_100
+
+
+def test_config_checks_name_the_field() -> None:
+    bad = {
+        "utd": 0,
+        "critic_width": 0,
+        "batch_size": 1.5,
+        "lr": -1.0,
+        "discount": 1.5,
+        "seeds": (1, 1),
+        "agent": "simbav2",
+        "validation": "yes",
+        "reset_interval": -1,
+        "warmup_steps": -5,
+        "env": "cheetah-fly",
+    }
+    for field_name, value in bad.items():
+        with pytest.raises(ConfigError) as info:
+            TrainConfig(**{"env": "cheetah-run", field_name: value})
+        assert info.value.field == field_name
+        assert str(info.value).startswith(field_name)
+    with pytest.raises(ConfigError, match="batch_size") as info:
+        TrainConfig("cheetah-run", batch_size=256, replay_size=100)
+    assert info.value.field == "replay_size"
+
+
+def test_config_derived_values_round_trip_and_agent_config() -> None:
+    cfg = TrainConfig("finger-turn", seeds=[4, 2], utd=2, reset_interval=2_500_000, lr=1e-3)
+    assert cfg.seeds == (4, 2) and cfg.utd == 2.0
+    assert cfg.reset_every_env_steps == 1_250_000 and cfg.reset_steps() == []
+    assert TrainConfig("cheetah-run", steps=100, eval_interval=30).eval_steps() == [30, 60, 90, 100]
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="nope"):
+        TrainConfig.from_dict({**cfg.to_dict(), "nope": 1})
+    bro_cfg = cfg.bro_config()
+    assert (bro_cfg.critic_lr, bro_cfg.actor_lr) == (1e-3, 1e-3)
+    assert bro_cfg.critic_width == cfg.critic_width and bro_cfg.batch_size == cfg.batch_size
+
+
 def _run(cfg: TrainConfig, out: Path) -> _Run:
     """Run through the loop object so that tests can look at the final device state."""
     out.mkdir(parents=True, exist_ok=True)
@@ -43,20 +97,24 @@ def _run(cfg: TrainConfig, out: Path) -> _Run:
     return run
 
 
-def test_outputs_fractional_utd_and_critic_size(tmp_path: Path) -> None:
-    # utd 0.25: one update every 4 env steps after the warm-up; 100 quantiles for the N formula.
-    cfg = tiny(seeds=(0, 1), utd=0.25, steps=600, n_quantiles=100)
-    summary = run_training(cfg, tmp_path, progress=False)
-    assert summary["gradient_steps"] == (600 - 200) // 4
-    assert summary["env_steps"] == 600 and summary["complete"] is True
-
+@pytest.mark.slow
+def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
+    # utd 1.5 alternates 1 and 2 updates after the warm-up; reset_interval 225 gradient steps is
+    # one reset every 150 env steps; 100 quantiles so that the paper's N formula applies.
+    cfg = tiny(seeds=(0, 1), utd=1.5, steps=600, n_quantiles=100, reset_interval=225)
+    assert cfg.reset_steps() == [150, 300, 450]
+    run = _run(cfg, tmp_path)
     run_json = json.loads((tmp_path / "run.json").read_text())
-    assert run_json == json.loads(json.dumps(summary))
-    assert run_json["config"]["utd"] == 0.25 and run_json["config"]["seeds"] == [0, 1]
+    assert run_json["complete"] is True and run_json["env_steps"] == 600
+    assert run_json["gradient_steps"] == math.floor((600 - 200) * 1.5) == 600
+    assert run_json["reset_steps"] == [150, 300, 450]
+    # The agents restarted at env step 450: their own update counters hold the updates since,
+    # floor(400 * 1.5) - floor(250 * 1.5) = 225 (post-warm-up env steps 250..399).
+    np.testing.assert_array_equal(np.asarray(run.carry["agent"].step), [225, 225])
+    assert run_json["config"]["utd"] == 1.5 and run_json["config"]["seeds"] == [0, 1]
     for package in ("jax", "flax", "optax", "dm_control", "mujoco", "numpy", "valuescale"):
         assert run_json["versions"][package], package
     assert run_json["seeds"] == {"0": {"status": "ok"}, "1": {"status": "ok"}}
-    assert run_json["reset_steps"] == []
     # N = 2 (4 W^2 + (d_in + 115) W + 100) for depth 2 and 100 quantiles; pendulum: d_in = 3 + 1.
     width, d_in = 16, 3 + 1
     assert run_json["critic_params"] == 2 * (4 * width**2 + (d_in + 115) * width + 100)
@@ -67,9 +125,10 @@ def test_outputs_fractional_utd_and_critic_size(tmp_path: Path) -> None:
     assert set(df["seed"]) == {0, 1}
     assert (df["critic_params"] == run_json["critic_params"]).all()
     assert (df["env"] == "pendulum-swingup").all() and (df["width"] == 16).all()
+    assert (df["utd"] == 1.5).all() and (df["batch_size"] == 16).all()
     returns = df[df.metric == "return"]
     assert sorted(returns["step"].unique()) == [300, 600]
-    # Training metrics: per log interval once updates have started (first update after t = 204).
+    # Training metrics: per log interval once updates have started (first update after t = 201).
     for metric in ("critic_loss", "actor_loss", "temperature", "q_mean"):
         steps = sorted(df[(df.metric == metric) & (df.seed == 0)]["step"])
         assert steps == [300, 400, 500, 600], metric
@@ -80,39 +139,29 @@ def test_outputs_fractional_utd_and_critic_size(tmp_path: Path) -> None:
     mtime = (tmp_path / "curves.parquet").stat().st_mtime_ns
     assert run_training(cfg, tmp_path, progress=False) == run_json
     assert (tmp_path / "curves.parquet").stat().st_mtime_ns == mtime
+    other = tiny(seeds=(0, 1), utd=1.5, steps=600, n_quantiles=100, reset_interval=225, lr=1e-3)
     with pytest.raises(OutDirConflict, match="lr"):
-        run_training(tiny(seeds=(0, 1), utd=0.25, steps=600, n_quantiles=100, lr=1e-3), tmp_path)
-
-
-def test_reset_schedule_and_non_integer_utd(tmp_path: Path) -> None:
-    # utd 1.5 alternates 1 and 2 updates; reset_interval 150 gradient steps = every 100 env steps.
-    cfg = tiny(seeds=(0,), utd=1.5, steps=350, warmup_steps=50, reset_interval=150)
-    assert cfg.reset_steps() == [100, 200, 300]
-    run = _run(cfg, tmp_path)
-    summary = json.loads((tmp_path / "run.json").read_text())
-    assert summary["reset_steps"] == [100, 200, 300]
-    assert summary["gradient_steps"] == math.floor((350 - 50) * 1.5) == 450
-    # The agent restarted at env step 300: its own update counter holds the updates since then,
-    # floor(300 * 1.5) - floor(250 * 1.5) = 75 (post-warm-up env steps 250..299).
-    assert int(run.carry["agent"].step[0]) == 75
+        run_training(other, tmp_path)
 
 
 def test_divergence_marks_only_that_seed(tmp_path: Path) -> None:
-    cfg = tiny(seeds=(0, 1), steps=700, eval_interval=200, _debug_nan_reward=(1, 300))
+    # utd 0.5: one update every other env step; seed 1's reward at env step 250 becomes NaN.
+    cfg = tiny(seeds=(0, 1), utd=0.5, steps=800, eval_interval=200, _debug_nan_reward=(1, 250))
     summary = run_training(cfg, tmp_path, progress=False)
+    assert summary["gradient_steps"] == (800 - 200) // 2
     status = summary["seeds"]
     assert status["0"] == {"status": "ok"}
     assert status["1"]["status"] == "diverged"
     at = status["1"]["diverged_at_step"]
-    assert 300 <= at <= 700
+    assert 250 <= at <= 800
     df = pd.read_parquet(tmp_path / "curves.parquet")
     assert np.isfinite(df["value"]).all()
     seed1 = df[df.seed == 1]
     assert len(seed1) > 0 and seed1["step"].max() < at  # rows before, none from there on
     assert 200 in set(seed1[seed1.metric == "return"]["step"])
     seed0 = df[df.seed == 0]
-    assert sorted(seed0[seed0.metric == "return"]["step"]) == [200, 400, 600, 700]
-    assert seed0[seed0.metric == "critic_loss"]["step"].max() == 700
+    assert sorted(seed0[seed0.metric == "return"]["step"]) == [200, 400, 600, 800]
+    assert seed0[seed0.metric == "critic_loss"]["step"].max() == 800
 
 
 def test_seed_streams_do_not_depend_on_the_other_seeds(tmp_path: Path) -> None:

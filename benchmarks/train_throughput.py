@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-loop", action="store_true", help="also time valuescale.train.run_training"
     )
-    p.add_argument("--train-steps", type=int, default=6000, help="env steps of the loop run")
+    p.add_argument("--train-steps", type=int, default=8000, help="env steps of the longer loop run")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     return p
 
@@ -192,8 +192,8 @@ def bench_update(
     return result
 
 
-def bench_train_loop(width: int, batch: int, steps: int) -> dict[str, float]:
-    """Env steps/s of run_training on cheetah-run (UTD 1, one seed, warm-up 1000 steps)."""
+def _run_loop(width: int, batch: int, steps: int) -> float:
+    """Wall seconds of one run_training call on cheetah-run (UTD 1, one seed)."""
     from valuescale.config import TrainConfig
     from valuescale.train import run_training
 
@@ -213,15 +213,27 @@ def bench_train_loop(width: int, batch: int, steps: int) -> dict[str, float]:
             log_interval=1000,
         )
         t0 = time.perf_counter()
-        summary = run_training(cfg, Path(tmp), progress=False)
-        wall = time.perf_counter() - t0
+        run_training(cfg, Path(tmp), progress=False)
+        return time.perf_counter() - t0
+
+
+def bench_train_loop(width: int, batch: int, steps: int) -> dict[str, float]:
+    """Steady-state env steps/s of run_training (cheetah-run, UTD 1, one seed).
+
+    Two runs of ``steps // 2`` and ``steps`` env steps share compilation, warm-up (1000 random
+    steps) and the final evaluation episode; the difference of their wall times divided by the
+    difference of their steps is the training loop's steady-state rate.
+    """
+    short, long = steps // 2, steps
+    wall_short = _run_loop(width, batch, short)
+    wall_long = _run_loop(width, batch, long)
     return {
         "width": width,
         "batch_size": batch,
-        "steps": steps,
-        "wall_s": wall,
-        "env_steps_per_s": steps / wall,
-        "summary_wall_s": float(summary.get("wall_time_s", summary.get("wall_time", wall))),
+        "steps": [short, long],
+        "wall_s": [wall_short, wall_long],
+        "env_steps_per_s": (long - short) / max(wall_long - wall_short, 1e-9),
+        "env_steps_per_s_whole_run": long / wall_long,
     }
 
 
@@ -237,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.updates_per_call < 1 or args.repeats < 1 or args.min_time <= 0:
         parser.error("--updates-per-call and --repeats must be >= 1, --min-time > 0")
+    if args.train_steps < 4000:
+        parser.error("--train-steps must be >= 4000 (the shorter run needs training past warm-up)")
     if args.quick:
         widths, batches, seed_counts = [64, 512], [256], [1]
         args.repeats, args.min_time = 2, 0.5
@@ -299,10 +313,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ntrain loop skipped: {e}")
         else:
             print(
-                f"\nrun_training cheetah-run W={loop['width']} B={loop['batch_size']} UTD 1, "
-                f"{loop['steps']} steps: {loop['env_steps_per_s']:.1f} env steps/s "
-                "(whole run incl. compilation, warm-up and evaluation)"
+                f"\nrun_training cheetah-run W={loop['width']} B={loop['batch_size']} UTD 1: "
+                f"{loop['env_steps_per_s']:.1f} env steps/s steady state "
+                f"({loop['env_steps_per_s_whole_run']:.1f} over a whole {loop['steps'][1]}-step "
+                "run incl. compilation, warm-up and evaluation)"
             )
+            single = [
+                r
+                for r in rows
+                if r["seeds"] == 1 and (r["width"], r["batch_size"]) == (widths[0], batches[0])
+            ]
+            if single:
+                ratio = loop["env_steps_per_s"] / single[0]["updates_per_s"]
+                loop["fraction_of_update_rate"] = ratio
+                print(f"  = {100 * ratio:.0f}% of the update-only rate of the same cell")
 
     if args.json:
         out = Path(args.json)

@@ -124,6 +124,7 @@ def _bandit_replay(capacity=512, seed=0) -> Replay:
     )
 
 
+@pytest.mark.slow
 def test_critic_learns_the_return_distribution_in_tau_order():
     """One state, terminal returns 0 and 1 half and half (a fixed full batch, no sampling noise).
 
@@ -158,6 +159,7 @@ def test_critic_learns_the_return_distribution_in_tau_order():
     assert abs(float(infos["q_mean"][-1]) - 0.5) < 0.03
 
 
+@pytest.mark.slow
 def test_passive_critic_fits_main_targets_and_td_losses_does_not_update():
     cfg = bro.BROConfig(
         critic_width=32,

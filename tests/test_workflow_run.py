@@ -4,7 +4,6 @@ default study end to end with its report.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -191,20 +190,12 @@ def test_killed_workflow_resumes_the_interrupted_cell_and_redoes_no_finished_cel
 # --------------------------------------------------------------------------- the default study
 
 
-def default_study_for_test() -> dict:
-    """config/config.yaml with half the training (same grid and analysis), to keep the test short."""
-    config = copy.deepcopy(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
-    steps = config["train"]["steps"] // 2
-    config["train"].update(steps=steps, replay_size=steps, checkpoint_every=steps // 2)
-    return config
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     not HAS_PIPELINE, reason="valuescale.pipeline (the analysis stages) not there yet"
 )
 def test_default_study_end_to_end_with_report(tmp_path):
-    config = default_study_for_test()
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     snakemake(tmp_path, config, "--cores", "2", "results/figures/fig_scaling.pdf", timeout=3600)
     assert (tmp_path / "results" / "figures" / "fig_scaling.pdf").stat().st_size > 0
     # everything the study makes, then the report

@@ -50,7 +50,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from valuescale.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -600,18 +601,11 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     p = Path(path)
     if p.suffix not in (".parquet", ".csv"):
         raise ValueError(f"{p}: unsupported table format {p.suffix!r} (use .parquet or .csv)")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         if p.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def coerce_table(df: pd.DataFrame, where: str = "table") -> pd.DataFrame:

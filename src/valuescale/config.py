@@ -24,6 +24,21 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+CURVE_COLUMNS: tuple[str, ...] = (
+    "env",
+    "agent",
+    "utd",
+    "width",
+    "critic_params",
+    "batch_size",
+    "lr",
+    "seed",
+    "step",
+    "metric",
+    "value",
+)
+"""Columns of the engine's long ``curves.parquet`` format, in order (the analysis reads the same)."""
+
 AGENTS: tuple[str, ...] = ("bro",)
 """Implemented agents."""
 RESERVED_AGENTS: tuple[str, ...] = ("simbav2",)

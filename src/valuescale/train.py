@@ -67,24 +67,16 @@ from valuescale.checkpoint import (
     tree_from_numpy,
     tree_to_numpy,
 )
-from valuescale.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, field_docs
+from valuescale.config import (
+    CURVE_COLUMNS,
+    RESUMABLE_CHANGES,
+    ConfigError,
+    TrainConfig,
+    field_docs,
+)
 
 log = logging.getLogger("valuescale.train")
 
-CURVE_COLUMNS: tuple[str, ...] = (
-    "env",
-    "agent",
-    "utd",
-    "width",
-    "critic_params",
-    "batch_size",
-    "lr",
-    "seed",
-    "step",
-    "metric",
-    "value",
-)
-"""Columns of ``curves.parquet``, in order."""
 
 TRAIN_METRICS: tuple[str, ...] = ("critic_loss", "actor_loss", "temperature", "q_mean", "entropy")
 """Training metrics logged every ``log_interval`` env steps (interval means over updates)."""

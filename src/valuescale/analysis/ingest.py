@@ -59,23 +59,12 @@ import numpy as np
 import pandas as pd
 
 from valuescale.atomic import atomic_path
+from valuescale.config import CURVE_COLUMNS as ENGINE_CURVE_COLUMNS
 
 log = logging.getLogger(__name__)
 
 # Columns of the engine's long curve format, in order.
-CURVE_COLUMNS: list[str] = [
-    "env",
-    "agent",
-    "utd",
-    "width",
-    "critic_params",
-    "batch_size",
-    "lr",
-    "seed",
-    "step",
-    "metric",
-    "value",
-]
+CURVE_COLUMNS: list[str] = list(ENGINE_CURVE_COLUMNS)
 # Columns added by the ingest: the data's origin and the passive critic's size.
 EXTRA_COLUMNS: list[str] = ["source", "passive_width", "passive_critic_params"]
 TABLE_COLUMNS: list[str] = CURVE_COLUMNS + EXTRA_COLUMNS

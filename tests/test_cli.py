@@ -156,7 +156,7 @@ def test_config_conflict_with_a_checkpoint_exits_2(tmp_path: Path) -> None:
     assert "different config" in result.stderr and "lr" in result.stderr
 
 
-def test_threads_pins_every_thread_including_jax() -> None:
+def test_threads_pins_every_thread_including_jax(tmp_path) -> None:
     code = (
         "import glob, numpy\n"
         "from valuescale.train import pin_threads\n"
@@ -170,11 +170,28 @@ def test_threads_pins_every_thread_including_jax() -> None:
         "            masks.add(line.split()[1])\n"
         "print(len(glob.glob('/proc/self/task/*')), sorted(masks))\n"
     )
+    env = {**os.environ, "VALUESCALE_CORE_LOCK_DIR": str(tmp_path)}  # no other claims
     probe = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO, env=env
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     n_threads, masks = probe.stdout.split(" ", 1)
     assert int(n_threads) > 1
     first_core = sorted(os.sched_getaffinity(0))[0]
     assert masks.strip() == str([str(first_core)])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two allowed cores")
+def test_concurrent_single_thread_jobs_pin_distinct_cores(tmp_path) -> None:
+    import fcntl
+
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    code = "import os\nfrom valuescale.train import pin_threads\nprint(pin_threads(1))\n"
+    env = {**os.environ, "VALUESCALE_CORE_LOCK_DIR": str(tmp_path)}
+    with open(tmp_path / f"core{first}.lock", "a") as held:  # another job holds the first core
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        probe = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.strip() == str([second])

@@ -880,13 +880,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CORE_LOCKS: list[Any] = []  # open lock files: a claim lasts as long as the process
+
+
+def _claim_cores(allowed: list[int], n: int) -> list[int]:
+    """Pick ``n`` of the ``allowed`` cores that no other pinned training process holds.
+
+    Each core has a lock file (``$VALUESCALE_CORE_LOCK_DIR``, default ``<tmp>/valuescale-cores``)
+    locked with ``flock`` for the life of the process, so concurrent jobs with ``--threads 1``
+    (Snakemake's local scheduler) land on distinct cores. When fewer than ``n`` are free the
+    remainder is taken from the start of ``allowed``.
+    """
+    import fcntl
+    import tempfile
+
+    lock_dir = Path(
+        os.environ.get("VALUESCALE_CORE_LOCK_DIR", Path(tempfile.gettempdir()) / "valuescale-cores")
+    )
+    claimed: list[int] = []
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        for core in allowed:
+            if len(claimed) == n:
+                break
+            fh = open(lock_dir / f"core{core}.lock", "a")  # noqa: SIM115 (held until exit)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            _CORE_LOCKS.append(fh)
+            claimed.append(core)
+    except OSError:  # no writable lock folder: fall back to the first cores
+        pass
+    return sorted(claimed + [c for c in allowed if c not in claimed][: n - len(claimed)])
+
+
 def pin_threads(n: int) -> list[int]:
-    """Restrict this process to the first ``n`` of its allowed CPU cores (before importing JAX:
-    XLA's thread flags do not limit JAX 0.10 on CPU, CPU affinity does)."""
+    """Restrict this process to ``n`` of its allowed CPU cores, preferring cores no other training
+    process has claimed (before importing JAX: XLA's thread flags do not limit JAX 0.10 on CPU,
+    CPU affinity does)."""
     allowed = sorted(os.sched_getaffinity(0))
     if n < 1 or n > len(allowed):
         raise ValueError(f"must be between 1 and the {len(allowed)} allowed cores, got {n}")
-    cores = allowed[:n]
+    cores = _claim_cores(allowed, n)
     # sched_setaffinity acts on one thread; threads started before this call (e.g. numpy's BLAS
     # pool) keep their mask, so pin every thread of the process. Later threads (JAX's) inherit it.
     for tid in os.listdir("/proc/self/task"):

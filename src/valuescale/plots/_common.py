@@ -11,9 +11,9 @@ backend), with constrained layout and a fixed width (:data:`FIG_WIDTH`), so that
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,8 @@ from matplotlib import colors, ticker
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+
+from valuescale.atomic import atomic_path
 
 # Width of every figure in inches (a report page at full width); heights follow the panel grid.
 FIG_WIDTH = 11.0
@@ -599,22 +601,14 @@ def save_atomically(
     On error no temporary file is left and the targets are untouched.
     """
     targets = [(Path(out_pdf), "pdf", {"CreationDate": None}), (Path(out_png), "png", {})]
-    temps: list[tuple[str, Path]] = []
-    try:
+    # Both files are replaced only once both were written (the stack unwinds after the loop).
+    with contextlib.ExitStack() as stack:
         for target, fmt, metadata in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            temps.append((tmp, target))
+            tmp = stack.enter_context(atomic_path(target))
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
             # The first save laid the figure out (constrained layout is the slow part); sizes are
             # in inches, so the second format reuses that layout.
             fig.set_layout_engine("none")
-        for tmp, target in temps:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def geometric_levels(lo: float, hi: float, n: int) -> np.ndarray:

@@ -10,7 +10,9 @@ the cost of S vmapped seeds relative to one seed. ``--train-loop`` adds env step
 
 Warm-up (compilation and two calls) is excluded; each cell is timed ``--repeats`` times and the
 median is reported. Other processes share the CPU: pin with ``--cpus 0,1`` (applied before JAX is
-imported) and check ``uptime`` before trusting a table.
+imported); the ``other`` column is the largest share of the machine's CPU that other processes
+took during a kept repetition, and ``--max-foreign-load 0.05`` retries repetitions disturbed by
+more than that.
 
 Examples::
 
@@ -84,26 +86,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-loop", action="store_true", help="also time valuescale.train.run_training"
     )
     p.add_argument("--train-steps", type=int, default=8000, help="env steps of the longer loop run")
+    p.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=1.0,
+        help="retry a timed repetition while other processes use more than this share of the "
+        "machine's CPU (0.05 = 5%%; 1.0 never retries)",
+    )
+    p.add_argument(
+        "--max-retries", type=int, default=30, help="retries per repetition (2 s pause each)"
+    )
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     return p
 
 
-def _time_calls(call, min_time: float, repeats: int) -> list[float]:
-    """Seconds per call, one value per repetition (each repetition lasts >= min_time)."""
-    t0 = time.perf_counter()
-    call()
-    one = max(time.perf_counter() - t0, 1e-6)
-    n_calls = max(1, int(min_time / one))
-    per_call = []
-    for _ in range(repeats):
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(busy ticks of the whole machine, total ticks, ticks of this process incl. threads)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    with open("/proc/self/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    own = int(stat[11]) + int(stat[12])  # utime + stime
+    return total - idle, total, own
+
+
+class Timer:
+    """Times repetitions and measures the CPU share other processes took meanwhile.
+
+    A repetition during which other processes used more than ``max_foreign`` of the machine's CPU
+    capacity is retried (after a pause), up to ``max_retries`` times per repetition; the foreign
+    share of every kept repetition is recorded so tables say how quiet the machine was.
+    """
+
+    def __init__(self, max_foreign: float, max_retries: int) -> None:
+        self.max_foreign = max_foreign
+        self.max_retries = max_retries
+        self.foreign: list[float] = []
+
+    def time_calls(self, call, min_time: float, repeats: int) -> list[float]:
+        """Seconds per call, one value per repetition (each repetition lasts >= min_time)."""
         t0 = time.perf_counter()
-        for _ in range(n_calls):
-            call()
-        per_call.append((time.perf_counter() - t0) / n_calls)
-    return per_call
+        call()
+        one = max(time.perf_counter() - t0, 1e-6)
+        n_calls = max(1, int(min_time / one))
+        per_call = []
+        for _ in range(repeats):
+            for attempt in range(self.max_retries + 1):
+                busy0, total0, own0 = _cpu_ticks()
+                t0 = time.perf_counter()
+                for _ in range(n_calls):
+                    call()
+                elapsed = time.perf_counter() - t0
+                busy1, total1, own1 = _cpu_ticks()
+                foreign = ((busy1 - busy0) - (own1 - own0)) / max(total1 - total0, 1)
+                if foreign <= self.max_foreign or attempt == self.max_retries:
+                    break
+                time.sleep(2.0)
+            per_call.append(elapsed / n_calls)
+            self.foreign.append(max(foreign, 0.0))
+        return per_call
 
 
-def bench_matmul(repeats: int, min_time: float) -> float:
+def bench_matmul(timer: Timer, repeats: int, min_time: float) -> float:
     """Median GFLOP/s of a 2048^3 float32 matmul."""
     import jax
     import jax.numpy as jnp
@@ -113,7 +159,7 @@ def bench_matmul(repeats: int, min_time: float) -> float:
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
-    times = _time_calls(lambda: mm(a, b).block_until_ready(), min_time, repeats)
+    times = timer.time_calls(lambda: mm(a, b).block_until_ready(), min_time, repeats)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -136,7 +182,7 @@ def _random_replay(capacity: int, seed: int):
 
 
 def bench_update(
-    width: int, batch: int, n_seeds: int, n: int, args: argparse.Namespace
+    width: int, batch: int, n_seeds: int, n: int, args: argparse.Namespace, timer: Timer
 ) -> dict[str, float]:
     """Time the jitted, seed-vmapped update_n of one cell."""
     import jax
@@ -174,7 +220,9 @@ def bench_update(
     call()
     result["compile_s"] = time.perf_counter() - t0
     call()
-    per_call = _time_calls(call, args.min_time, args.repeats)
+    n_foreign = len(timer.foreign)
+    per_call = timer.time_calls(call, args.min_time, args.repeats)
+    result["foreign_cpu_share"] = max(timer.foreign[n_foreign:])
     sec_per_update = statistics.median(per_call) / n
     flops = update_flops(OBS_DIM, ACT_DIM, cfg) * n_seeds
     result.update(
@@ -264,19 +312,24 @@ def main(argv: list[str] | None = None) -> int:
         f"CPUs {sorted(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    matmul = bench_matmul(args.repeats, args.min_time)
-    print(f"2048^3 float32 matmul: {matmul:.1f} GFLOP/s (median)\n", flush=True)
+    timer = Timer(args.max_foreign_load, args.max_retries)
+    matmul = bench_matmul(timer, args.repeats, args.min_time)
+    print(
+        f"2048^3 float32 matmul: {matmul:.1f} GFLOP/s (median; other processes took up to "
+        f"{100 * max(timer.foreign):.0f}% of the CPU meanwhile)\n",
+        flush=True,
+    )
 
     header = (
         f"{'S':>2} {'W':>5} {'B':>5} {'upd/s':>8} {'(min-max)':>15} {'GFLOP/s':>8} "
-        f"{'%mm':>5} {'anchor':>7} {'ratio':>6}"
+        f"{'%mm':>5} {'anchor':>7} {'ratio':>6} {'other':>6}"
     )
     print(header)
     rows = []
     for n_seeds in seed_counts:
         for width in widths:
             for batch in batches:
-                r = bench_update(width, batch, n_seeds, args.updates_per_call, args)
+                r = bench_update(width, batch, n_seeds, args.updates_per_call, args, timer)
                 anchor = ANCHOR.get((width, batch)) if n_seeds == 1 else None
                 r["anchor_updates_per_s"] = anchor
                 r["ratio_to_anchor"] = r["updates_per_s"] / anchor if anchor else None
@@ -287,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{n_seeds:>2} {width:>5} {batch:>5} {r['updates_per_s']:>8.1f} {spread:>15} "
                     f"{r['gflops']:>8.1f} {100 * r['fraction_of_matmul']:>4.0f}%"
                 )
-                if anchor:
-                    line += f" {anchor:>7.1f} {r['ratio_to_anchor']:>5.2f}x"
+                line += f" {anchor:>7.1f} {r['ratio_to_anchor']:>5.2f}x" if anchor else " " * 15
+                line += f" {100 * r['foreign_cpu_share']:>5.0f}%"
                 if "xla_flops_per_call" in r:
                     line += f"  xla/analytic {r['xla_flops_per_call'] / r['flops_per_update']:.2f}"
                 print(line, flush=True)
@@ -336,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": sorted(os.sched_getaffinity(0)),
             "load_average": os.getloadavg(),
             "matmul_gflops": matmul,
+            "matmul_foreign_cpu_share": max(timer.foreign[: args.repeats]),
             "updates_per_call": args.updates_per_call,
             "passive_critic": args.passive_critic,
             "rows": rows,

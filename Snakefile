@@ -25,6 +25,13 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Run by Snakemake itself, also under a cluster executor: the target rule, and downloads (compute
+# nodes often have no internet).
+localrules:
+    all,
+    published_fetch,
+
+
 rule all:
     input:
         get_final_output(),

@@ -1,4 +1,4 @@
-"""``python -m valuescale.train``: flag errors, help, lazy JAX import, SIGKILL + resume."""
+"""``python -m valuescale.train``: flag errors, help, lazy JAX import, SIGKILL/SIGTERM + resume."""
 
 from __future__ import annotations
 
@@ -143,6 +143,53 @@ def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path) -> None:
     ref_summary = json.loads((reference / "run.json").read_text())
     for key in ("gradient_steps", "env_steps", "reset_steps", "critic_params", "seeds"):
         assert summary[key] == ref_summary[key], key
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_resume_gives_identical_curves(
+    tmp_path: Path,
+) -> None:
+    """scancel and preemption send SIGTERM: the engine writes a checkpoint at the step it is at
+    (not only every checkpoint_every steps), exits 128 + 15, and a restart continues bit for bit."""
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    cache_args = ("--compilation-cache", str(tmp_path / "xla-cache"))
+    done = _cli(*RESUME_ARGS, *cache_args, "--out", str(reference))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    cmd = [sys.executable, "-m", "valuescale.train", *RESUME_ARGS, *cache_args]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(stopped)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    checkpoint = stopped / "checkpoint.pkl"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():  # the regular checkpoint at step 700
+        assert proc.poll() is None, "the run ended before writing a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few steps past it
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM at env step" in stderr
+    partial = json.loads((stopped / "run.json").read_text())
+    assert not partial["complete"]
+    stopped_at = partial["env_steps"]
+    assert 700 < stopped_at < 2000, stopped_at
+
+    resumed = _cli(*RESUME_ARGS, *cache_args, "--out", str(stopped))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((stopped / "run.json").read_text())
+    assert summary["complete"] and summary["resumed_at_steps"] == [stopped_at]
+    assert not checkpoint.exists()
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(reference / "curves.parquet"),
+        pd.read_parquet(stopped / "curves.parquet"),
+        check_exact=True,
+    )
 
 
 def test_config_conflict_with_a_checkpoint_exits_2(tmp_path: Path) -> None:

@@ -50,7 +50,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -614,6 +616,17 @@ class _Run:
         self._mark = (time.perf_counter(), self.t, self.grad_steps)
         self._rates = (float("nan"), float("nan"))
         self._last_line = time.perf_counter()
+        with _StopSignals() as stop:
+            self._loop(bar, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop)
+        if bar is not None:
+            bar.close()
+        summary = self._write_outputs(complete=True)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+        return summary
+
+    def _loop(self, bar, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop) -> None:
+        cfg = self.cfg
         while self.t < cfg.steps:
             actions = np.asarray(self.carry["action"])
             self._step_envs(self.envs, actions, packed, self.t + 1)
@@ -637,12 +650,14 @@ class _Run:
                 self._write_outputs(complete=False)
             if t % 100 == 0 or t == cfg.steps or t in eval_steps:
                 self._report(bar, t in eval_steps)
-        if bar is not None:
-            bar.close()
-        summary = self._write_outputs(complete=True)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
-        return summary
+            if stop.signum is not None and t < cfg.steps:
+                # SIGTERM (scancel, preemption, a killed Snakemake) or SIGINT: keep every step
+                # done so far, then stop; the next start resumes from here
+                save_checkpoint(ckpt_path, self._checkpoint_payload())
+                self._write_outputs(complete=False)
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(stop.signum, t)
 
     def _step_envs(
         self, envs: Sequence, actions: np.ndarray, packed: np.ndarray, step: int
@@ -714,6 +729,39 @@ class _Run:
             file=sys.stderr,
             dynamic_ncols=True,
         )
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint at env step ``step``."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at env step {step}")
+        self.signum = signum
+        self.step = step
+
+
+class _StopSignals:
+    """Within the block, SIGTERM and SIGINT only set ``signum``; the training loop checks it after
+    each env step. Only in the main thread (elsewhere signals cannot be handled)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class OutDirConflict(ValueError):
@@ -970,6 +1018,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutDirConflict as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        log.warning("%s; checkpoint written to %s (a restart resumes from it)", e, out)
+        return 128 + e.signum
     status = {s: v["status"] for s, v in summary["seeds"].items()}
     log.info(
         "done: %d env steps, %d gradient steps, %.1f s; seeds %s",

@@ -1,7 +1,8 @@
 # One train job = the seeds of one block of one cell configuration (env, agent, utd, width,
 # batch size, lr), trained together in one process. Training settings that are not in the path
 # are params, so changing them reruns the job; an interrupted job resumes from the checkpoint the
-# engine keeps in the run folder.
+# engine keeps in the run folder; a checkpoint (or run.json) the engine would refuse, written with
+# other training settings, is deleted first with a line in the log (valuescale.rundir).
 
 
 rule train:
@@ -23,7 +24,8 @@ rule train:
         args=get_train_args,
         run_args=get_train_run_args,
     shell:
-        "python -m valuescale.train --env {wildcards.env} --agent {wildcards.agent}"
-        " --utd {wildcards.utd} --width {wildcards.width} --batch-size {wildcards.batch_size}"
-        " --lr {wildcards.lr} {params.args} {params.run_args}"
-        " --threads {threads} > {log} 2>&1"
+        "args='--env {wildcards.env} --agent {wildcards.agent} --utd {wildcards.utd}"
+        " --width {wildcards.width} --batch-size {wildcards.batch_size} --lr {wildcards.lr}"
+        " {params.args} {params.run_args} --threads {threads}';"
+        " python -m valuescale.rundir $args > {log} 2>&1"
+        " && python -m valuescale.train $args >> {log} 2>&1"

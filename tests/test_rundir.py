@@ -1,0 +1,217 @@
+"""Stale run folders: a checkpoint or run.json the engine would refuse (other training settings) is
+deleted before a train job, a resumable one is kept (``valuescale.rundir`` and the train rule)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from valuescale.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from valuescale.config import TrainConfig
+from valuescale.rundir import config_from_argv, discard_stale, main, stale_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CFG = TrainConfig(env="cartpole-balance", critic_width=16, steps=600, checkpoint_every=300)
+
+
+def fill(out: Path, ckpt_cfg: TrainConfig | None, t: int = 300, run_json: dict | None = None):
+    """A run folder as the engine leaves it: checkpoint (synthetic), run.json, curves.parquet."""
+    out.mkdir(parents=True, exist_ok=True)
+    if ckpt_cfg is not None:
+        save_checkpoint(out / CHECKPOINT_NAME, {"config": ckpt_cfg.to_dict(), "t": t})
+    summary = run_json or {"complete": False, "config": (ckpt_cfg or CFG).to_dict()}
+    (out / "run.json").write_text(json.dumps(summary))
+    (out / "curves.parquet").write_bytes(b"PAR1")
+    return out
+
+
+def names(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir())
+
+
+ALL = ["checkpoint.pkl", "curves.parquet", "run.json"]
+
+
+@pytest.mark.parametrize(
+    "ckpt_cfg",
+    [
+        CFG,
+        # the engine resumes across these: more steps, another checkpoint interval
+        dataclasses.replace(CFG, steps=400),
+        dataclasses.replace(CFG, checkpoint_every=100),
+    ],
+)
+def test_a_resumable_checkpoint_is_kept(tmp_path, ckpt_cfg):
+    out = fill(tmp_path / "run", ckpt_cfg)
+    assert stale_reason(out, CFG) is None
+    assert discard_stale(out, CFG) == []
+    assert names(out) == ALL
+
+
+@pytest.mark.parametrize(
+    ("ckpt_cfg", "t", "why"),
+    [
+        (dataclasses.replace(CFG, n_quantiles=4), 300, r"n_quantiles: 4 there vs 100 now"),
+        (dataclasses.replace(CFG, lr=1e-3, seeds=(0, 1)), 300, r"lr: 0\.001 there.*seeds"),
+        (CFG, 700, r"env step 700, past the asked steps \(600\)"),
+    ],
+)
+def test_a_checkpoint_the_engine_refuses_is_discarded(tmp_path, caplog, ckpt_cfg, t, why):
+    out = fill(tmp_path / "run", ckpt_cfg, t=t)
+    (out / "other.txt").write_text("kept")
+    assert re.search(why, stale_reason(out, CFG))
+    with caplog.at_level("WARNING", logger="valuescale.rundir"):
+        removed = discard_stale(out, CFG)
+    assert sorted(Path(p).name for p in removed) == ALL
+    assert names(out) == ["other.txt"]
+    assert re.search(why, caplog.text) and "discarding stale state" in caplog.text
+
+
+def test_unreadable_checkpoint_is_discarded(tmp_path):
+    out = fill(tmp_path / "run", None)
+    (out / CHECKPOINT_NAME).write_bytes(b"not a pickle")
+    assert "unreadable" in stale_reason(out, CFG)
+    discard_stale(out, CFG)
+    assert names(out) == []
+
+
+@pytest.mark.parametrize(
+    ("summary", "stale"),
+    [
+        ({"complete": True, "config": CFG.to_dict()}, False),  # the engine returns it as is
+        ({"complete": False, "config": CFG.to_dict()}, False),  # the engine starts afresh
+        ({"complete": True, "config": dataclasses.replace(CFG, steps=500).to_dict()}, True),
+        ({"complete": True, "config": dataclasses.replace(CFG, tau=0.01).to_dict()}, True),
+        ({"complete": False, "config": dataclasses.replace(CFG, tau=0.01).to_dict()}, True),
+    ],
+)
+def test_run_json_without_checkpoint(tmp_path, summary, stale):
+    out = fill(tmp_path / "run", None, run_json=summary)
+    assert (stale_reason(out, CFG) is not None) == stale
+    discard_stale(out, CFG)
+    assert names(out) == ([] if stale else ["curves.parquet", "run.json"])
+
+
+def test_cli_takes_the_engine_flags(tmp_path, capsys):
+    argv = ["--env", "cartpole-balance", "--width", "16", "--steps", "600", "--threads", "1"]
+    out = fill(tmp_path / "run", dataclasses.replace(CFG, n_quantiles=4))
+    assert main([*argv, "--checkpoint-every", "300", "--out", str(out)]) == 0
+    assert names(out) == []
+    assert "n_quantiles: 4 there vs 100 now" in capsys.readouterr().err
+    _, cfg = config_from_argv([*argv, "--checkpoint-every", "300", "--out", str(out)])
+    assert cfg == CFG
+    # a bad config or a missing folder: nothing to do here, the engine reports it
+    assert main([*argv, "--batch-size", "0", "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(tmp_path / "missing")]) == 0
+    assert not (tmp_path / "missing").exists()
+
+
+# --------------------------------------------------------------------------- through the workflow
+
+RUN = "results/runs/cartpole-balance/bro/utd1_w16_b16_lr3e-4/seeds0-0"
+LOG = "results/logs/train/cartpole-balance/bro/utd1_w16_b16_lr3e-4/seeds0-0.log"
+
+
+def study(eval_interval: int) -> dict:
+    return {
+        "seeds": [0],
+        "grid": [
+            {
+                "envs": ["cartpole-balance"],
+                "utd": [1],
+                "widths": [16],
+                "batch_sizes": [16],
+                "lrs": [3.0e-4],
+            }
+        ],
+        "train": {
+            "steps": 400,
+            "warmup_steps": 100,
+            "eval_interval": eval_interval,
+            "eval_episodes": 1,
+            "replay_size": 400,
+            "checkpoint_every": 200,
+            "log_interval": 100,
+            "actor_width": 16,
+            "n_quantiles": 4,
+            "max_episode_steps": 100,
+        },
+        "analysis": {"envs": {"cartpole-balance": {"j_min": 100.0}}},
+    }
+
+
+def snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> str:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-c1", *args]
+    cmd += ["--directory", str(workdir), "--configfile", str(workdir / "study.yaml")]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=workdir, timeout=300, env=env or os.environ
+    )
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory) -> Path:
+    """One JAX compilation cache for the runs of this module (same shapes compile once)."""
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, compilation_cache) -> Path:
+    """A real checkpoint at env step 200 of the train job of ``study(200)``, with exactly the
+    engine config the workflow passes (read from the dry-run's shell command)."""
+    import valuescale.train as engine
+
+    tmp = tmp_path_factory.mktemp("checkpoint")
+    text = snakemake(tmp / "plan", study(200), "-n", "-p", f"{RUN}/curves.parquet")
+    argv = re.search(r"args='([^']*)'", text).group(1).split()
+    _, cfg = config_from_argv(argv)
+    assert cfg is not None and cfg.eval_interval == 200 and cfg.checkpoint_every == 200
+    kept = tmp / CHECKPOINT_NAME
+    save = engine.save_checkpoint
+
+    def save_and_keep(path, payload):
+        save(path, payload)
+        shutil.copy(path, kept)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(engine, "save_checkpoint", save_and_keep)
+    try:
+        engine.run_training(cfg, tmp / "run", progress=False, compilation_cache=compilation_cache)
+    finally:
+        mp.undo()
+    return kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("eval_interval", "resumed"), [(200, [200]), (100, [])])
+def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
+    tmp_path, checkpoint, compilation_cache, eval_interval, resumed
+):
+    run = tmp_path / RUN
+    run.mkdir(parents=True)
+    shutil.copy(checkpoint, run / CHECKPOINT_NAME)
+    env = {**os.environ, "VALUESCALE_COMPILATION_CACHE": str(compilation_cache)}
+    snakemake(tmp_path, study(eval_interval), f"{RUN}/curves.parquet", env=env)
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["complete"] and summary["env_steps"] == 400
+    assert summary["config"]["eval_interval"] == eval_interval
+    assert summary["resumed_at_steps"] == resumed
+    assert names(run) == ["curves.parquet", "run.json"]
+    log = (tmp_path / LOG).read_text()
+    if resumed:
+        assert "discarding" not in log and "resumed" in log
+    else:
+        assert "discarding stale state" in log and "eval_interval: 200 there vs 100 now" in log

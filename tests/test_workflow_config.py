@@ -111,6 +111,30 @@ BAD_CASES = {
         mutate("analysis.proposal", {"threshold_idx": 20}),
         ["analysis.proposal.threshold_idx"],
     ),
+    "figure_threshold_out_of_range": (
+        mutate("analysis.figures", {"threshold_idx": 20}),
+        ["analysis.figures.threshold_idx"],
+    ),
+    "figure_threshold_negative": (
+        mutate("analysis.figures", {"threshold_idx": -1}),
+        ["analysis.figures.threshold_idx"],
+    ),
+    "figure_variant_unknown": (
+        mutate("analysis.figures", {"variants": ["per_env", "pooled"]}),
+        ["analysis.figures.variants[1]"],
+    ),
+    "figure_variants_empty": (
+        mutate("analysis.figures", {"variants": []}),
+        ["analysis.figures.variants"],
+    ),
+    "figure_variant_not_fitted": (
+        BASE
+        | {
+            "analysis": BASE["analysis"]
+            | {"fits": {"variants": ["per_env"]}, "figures": {"variants": ["averaged"]}}
+        },
+        ["analysis.figures.variants", "averaged"],
+    ),
     "published_source_missing_dir": (
         mutate("published", {"zips": {"fitted_bs": {}}}) | {"published_source": "no/such/dir"},
         ["published_source"],

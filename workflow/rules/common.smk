@@ -315,11 +315,19 @@ def check_analysis(cfg):
             f"{analysis['budget']['n_heldout']} held-out budgets leave fewer than 2 of "
             f"analysis.thresholds.n = {n_thresholds} to fit",
         )
-    idx = analysis["proposal"]["threshold_idx"]
-    if idx is not None and idx >= n_thresholds:
+    for section in ("proposal", "figures"):
+        idx = analysis[section]["threshold_idx"]
+        if idx is not None and idx >= n_thresholds:
+            raise config_error(
+                f"analysis.{section}.threshold_idx",
+                f"{idx} is out of range for {n_thresholds} thresholds",
+            )
+    unfitted = [v for v in analysis["figures"]["variants"] if v not in analysis["fits"]["variants"]]
+    if unfitted:
         raise config_error(
-            "analysis.proposal.threshold_idx",
-            f"{idx} is out of range for {n_thresholds} thresholds",
+            "analysis.figures.variants",
+            f"{', '.join(unfitted)} not fitted (analysis.fits.variants = "
+            f"{analysis['fits']['variants']})",
         )
 
 

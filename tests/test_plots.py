@@ -149,6 +149,15 @@ def test_figure_renders_from_real_tables(
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.pdf", f"{name}.png"]
 
 
+@pytest.mark.parametrize("name", ["fig_scaling", "fig_data_efficiency"])
+def test_law_figures_take_the_best_batch_size_table(
+    name: str, real_tables: dict[str, str], tmp_path: Path, caplog
+) -> None:
+    """As the workflow passes them: measured D_J at the batch size closest to B*."""
+    inputs = _inputs(real_tables, name) | {"best_batch_size": real_tables["best_batch_size"]}
+    _render_with_data(name, inputs, tmp_path, caplog)
+
+
 def test_figure_settings_choose_threshold_and_variants(
     real_tables: dict[str, str], tmp_path: Path, caplog
 ) -> None:
@@ -315,6 +324,83 @@ def test_law_figures_from_minimal_synthetic_tables(tmp_path: Path, caplog) -> No
     }
     for name in ("fig_scaling", "fig_data_efficiency"):
         _render_with_data(name, {k: inputs[k] for k in FIGURE_INPUTS[name]}, tmp_path, caplog)
+
+
+SOURCES = [
+    "model_scaling_const_lr",
+    "overfitting",
+    "fitted_bs",
+    "interpolated_bs",
+    "extrapolated_bs",
+    "compute_optimal",
+    "n_scaling_bl",
+    "utd_scaling_bl",
+    "side_critic",
+    "simbav2_model_scaling_linear20_with_base",
+    "dmc_bro_ablations",
+    "own",
+]
+
+
+@pytest.mark.parametrize("dpi", [DPI, 150])
+@pytest.mark.parametrize("name", ["fig_scaling", "fig_data_efficiency"])
+def test_a_long_list_of_sources_wraps_inside_the_figure(tmp_path: Path, name: str, dpi: int):
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from valuescale.plots import STYLE, build_figure
+
+    utd, n = np.meshgrid([1.0, 2.0, 4.0], [2.5e5, 1e6, 4e6])
+    utd, n = utd.ravel(), n.ravel()
+    crossings, fits = [], []
+    for source in SOURCES:
+        crossings.append(
+            pd.DataFrame(
+                {
+                    "env": "toy",
+                    "agent": "bro",
+                    "source": source,
+                    "utd": utd,
+                    "critic_params": n.astype(np.int64),
+                    "batch_size": 256,
+                    "threshold_idx": 0,
+                    "threshold": 500.0,
+                    "D": _law(utd, n),
+                }
+            )
+        )
+        fits.append(
+            {
+                "scope": "toy",
+                "agent": "bro",
+                "source": source,
+                "variant": "per_env",
+                "threshold_idx": 0,
+                "D_min": 1.5e5,
+                "a_J": 2.0 * 1e5 ** (1 / 0.6),
+                "alpha_J": 0.6,
+                "b_J": 3e6 * 2e5 ** (1 / 0.7),
+                "beta_J": 0.7,
+                "status": "ok",
+            }
+        )
+    write_table(pd.concat(crossings, ignore_index=True), tmp_path / "crossings.parquet")
+    pd.DataFrame(fits).to_csv(tmp_path / "fits.csv", index=False)
+    inputs = {
+        "crossings": str(tmp_path / "crossings.parquet"),
+        "fits_data_efficiency": str(tmp_path / "fits.csv"),
+        "compute_optimal": str(tmp_path / "absent.csv"),
+    }
+    with mpl.rc_context(STYLE):
+        fig = build_figure(name, {k: inputs[k] for k in FIGURE_INPUTS[name]})
+        fig.set_dpi(dpi)
+        FigureCanvasAgg(fig).draw()
+        title = fig._suptitle
+        box = title.get_window_extent(fig.canvas.get_renderer())
+    lines = title.get_text().split("\n")
+    assert len(lines) > 2 and lines[1].startswith("runs: ")  # the sources line was wrapped
+    assert "own" in title.get_text() and "utd_scaling_bl" in title.get_text()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
 
 
 def test_curve_figures_from_minimal_own_runs(tmp_path: Path, caplog) -> None:

@@ -602,10 +602,12 @@ def get_figure_inputs(wildcards):
         "budget_fits": f"{TABLES}/budget_fits.csv",
         "passive_critic_slopes": f"{TABLES}/passive_critic_slopes.csv",
     }
+    # fig_scaling and fig_data_efficiency draw the measured D_J at the batch size closest to B*
+    # (the points the fits used) from best_batch_size, which the crossings rule always writes.
     needs = {
-        "fig_scaling": ["crossings", "fits_data_efficiency", "compute_optimal"],
+        "fig_scaling": ["crossings", "best_batch_size", "fits_data_efficiency", "compute_optimal"],
         "fig_batch_size": ["best_batch_size", "fits_batch_size"],
-        "fig_data_efficiency": ["crossings", "fits_data_efficiency"],
+        "fig_data_efficiency": ["crossings", "best_batch_size", "fits_data_efficiency"],
         "fig_budget": ["budget_optimal", "budget_fits"],
         "fig_preprocessing": ["curves", "thresholds"],
         "fig_passive_critic": ["curves", "passive_critic_slopes"],

@@ -26,6 +26,8 @@ from matplotlib import colors, ticker
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 
 from valuescale.atomic import atomic_path
 
@@ -262,6 +264,37 @@ def sources_line(sources: Iterable[object]) -> str:
     """``runs: a, b, c`` of the distinct sources (short names), or ``""``."""
     names = sorted({source_label(s) for s in sources if source_label(s)})
     return f"runs: {', '.join(names)}" if names else ""
+
+
+def _text_width(text: str, prop: FontProperties) -> float:
+    """Width of ``text`` in points when drawn with ``prop``."""
+    width, _, _ = TextToPath().get_text_width_height_descent(text, prop, ismath=False)
+    return float(width)
+
+
+def wrap_text(text: str, width: float, prop: FontProperties) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` points (a single word wider
+    than that stays on a line of its own)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and _text_width(f"{lines[-1]} {word}", prop) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def figure_title(fig: Figure, title: str, detail: str = "") -> None:
+    """``title`` and (on the next line) ``detail``, e.g. :func:`sources_line`, as the figure's
+    suptitle, each wrapped to the figure's width: constrained layout makes room for every line
+    of a suptitle but never for a line wider than the figure (it is clipped at both edges)."""
+    prop = FontProperties(
+        size=mpl.rcParams["figure.titlesize"], weight=mpl.rcParams["figure.titleweight"]
+    )
+    # 10 % spare: hinted glyphs in a low-resolution PNG are up to 5 % wider than their outlines
+    width = 0.9 * fig.get_figwidth() * 72.0
+    lines = [part for line in (title, detail) if line for part in wrap_text(line, width, prop)]
+    fig.suptitle("\n".join(lines))
 
 
 def panel_title(env: object, agent: object = None, extra: str = "", source: object = None) -> str:

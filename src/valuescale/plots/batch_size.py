@@ -17,6 +17,7 @@ from valuescale.plots._common import (
     Inputs,
     NoData,
     TableSpec,
+    figure_title,
     human,
     log_ticks,
     padded_log_range,
@@ -197,7 +198,6 @@ def fig_batch_size(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         Line2D([], [], color="0.4", ls="--", label="Eq. 6.1 fit (suite)"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=4)
-    runs = sources_line(rows["source"]) if "source" in rows else ""
     title = "Best batch size B* vs UTD ratio σ and critic size N"
-    fig.suptitle(f"{title}\n{runs}" if runs else title)
+    figure_title(fig, title, sources_line(rows["source"]) if "source" in rows else "")
     return fig

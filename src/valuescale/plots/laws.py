@@ -25,6 +25,7 @@ from valuescale.plots._common import (
     TableSpec,
     data_scale,
     empty_panel,
+    figure_title,
     human,
     log_ticks,
     note,
@@ -190,8 +191,7 @@ def _threshold_text(fit: pd.Series) -> str:
 
 
 def _suptitle(fig: Figure, title: str, fits: pd.DataFrame) -> None:
-    runs = sources_line(fits["source"]) if "source" in fits else ""
-    fig.suptitle(f"{title}\n{runs}" if runs else title)
+    figure_title(fig, title, sources_line(fits["source"]) if "source" in fits else "")
 
 
 def _source(fit: pd.Series, fits: pd.DataFrame) -> object:

@@ -541,6 +541,7 @@ class _Run:
             "seeds": seeds,
             "cpu_cores": affinity,
             "platform": self.dev._jax.default_backend(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # None outside SLURM
         }
 
     def _curves(self) -> Any:

@@ -336,3 +336,19 @@ def test_lint_is_clean():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_rules_are_snakefmt_formatted():
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
+    if snakefmt is None:
+        if os.environ.get("CI"):
+            pytest.fail("snakefmt is not installed (it is in the test extra)")
+        pytest.skip("snakefmt is not installed (it is in the test extra)")
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+    proc = subprocess.run(
+        [snakefmt, "--check", "--config", str(ROOT / "pyproject.toml"), *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

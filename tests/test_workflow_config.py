@@ -91,6 +91,8 @@ BAD_CASES = {
         mutate("published", {"zips": {"fitted_bs": {"sha256": "abc"}}}),
         ["published.zips.fitted_bs.sha256"],
     ),
+    "compilation_cache_number": (mutate("compilation_cache", 3), ["compilation_cache"]),
+    "compilation_cache_empty_path": (mutate("compilation_cache", ""), ["compilation_cache"]),
     "seeds_per_job_zero": (mutate("seeds_per_job", 0), ["seeds_per_job"]),
     "seeds_per_job_string": (mutate("seeds_per_job", "all"), ["seeds_per_job"]),
     "negative_steps": (mutate("train.steps", -5), ["train.steps"]),

@@ -257,6 +257,39 @@ def test_operational_settings_and_spelling_do_not_retrain(study):
     assert planned_jobs(study, config) == []
 
 
+def train_commands(workdir: Path, config: dict) -> list[str]:
+    """The engine flags of every train job a dry run schedules (`-p` prints the commands)."""
+    proc = snakemake(workdir, config, "-n", "-p")
+    return re.findall(r"args='(--env [^']*)'", proc.stdout + proc.stderr)
+
+
+@pytest.mark.parametrize(
+    "setting, flag",
+    [
+        (None, "--compilation-cache resources/xla-cache"),
+        (True, "--compilation-cache resources/xla-cache"),
+        ("/scratch/xla/", "--compilation-cache /scratch/xla"),
+        (False, None),
+    ],
+)
+def test_train_jobs_share_a_compilation_cache(tmp_path, setting, flag):
+    config = copy.deepcopy(STUDY)
+    if setting is not None:
+        config["compilation_cache"] = setting
+    commands = train_commands(tmp_path, config)
+    assert len(commands) == N_TRAIN, commands
+    for command in commands:
+        if flag is None:
+            assert "--compilation-cache" not in command, command
+        else:
+            assert flag in command, command
+
+
+def test_changing_the_compilation_cache_does_not_retrain(study):
+    assert planned_jobs(study, changed(compilation_cache=False)) == []
+    assert planned_jobs(study, changed(compilation_cache="/tmp/elsewhere")) == []
+
+
 def test_changing_the_grid_of_one_block_keeps_other_blocks(study):
     config = changed()
     extra = dict(config["grid"][0], envs=["cartpole-swingup"], utd=[1], batch_sizes=[128])

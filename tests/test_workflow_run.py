@@ -198,6 +198,8 @@ def test_default_study_end_to_end_with_report(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     snakemake(tmp_path, config, "--cores", "2", "results/figures/fig_scaling.pdf", timeout=3600)
     assert (tmp_path / "results" / "figures" / "fig_scaling.pdf").stat().st_size > 0
+    # the train jobs compiled into the shared cache (config key compilation_cache)
+    assert len(list((tmp_path / "resources" / "xla-cache").glob("*-cache"))) >= 10
     # everything the study makes, then the report
     snakemake(tmp_path, config, "--cores", "2", timeout=3600)
     tables = tmp_path / "results" / "tables"

@@ -786,11 +786,19 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], what: Path) -> Non
 
 def enable_compilation_cache(path: str | os.PathLike) -> None:
     """Keep XLA executables in ``path`` (JAX's persistent compilation cache, process-wide), so
-    that a resumed or repeated run with the same shapes skips recompiling its step functions."""
+    that a resumed or repeated run with the same shapes skips recompiling its step functions.
+
+    Every executable is kept, not only those that took JAX's default minimum of 1 s to compile:
+    a run compiles ~60 small step functions (one per updates-per-call count and policy flag,
+    evaluation, validation), and runs that share shapes (same widths, batch size and seeds at
+    another UTD) reuse most of them. One folder may serve concurrent runs; an entry another
+    process is still writing reads as a miss (JAX warns and compiles)."""
     import jax
 
     Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def run_training(

@@ -396,6 +396,12 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 TABLES = f"{RESULTS}/tables"
 FIGURES_DIR = f"{RESULTS}/figures"
+if config["compilation_cache"] is True:
+    COMPILATION_CACHE = f"{RESOURCES}/xla-cache"
+elif config["compilation_cache"] is False:
+    COMPILATION_CACHE = None
+else:
+    COMPILATION_CACHE = config["compilation_cache"].rstrip("/")
 RUN_NAME = "{env}/{agent}/utd{utd}_w{width}_b{batch_size}_lr{lr}/seeds{first}-{last}"
 RUN_DIR = f"{RESULTS}/runs/{RUN_NAME}"
 
@@ -450,7 +456,10 @@ def get_train_run_args(wildcards, output):
     params computed from `output` from its params rerun trigger)."""
     settings = train_settings(wildcards.env)
     out_dir = os.path.dirname(output.curves)
-    return f"--out {out_dir} --checkpoint-every {settings['checkpoint_every']}"
+    args = f"--out {out_dir} --checkpoint-every {settings['checkpoint_every']}"
+    if COMPILATION_CACHE is not None:
+        args += f" --compilation-cache {COMPILATION_CACHE}"
+    return args
 
 
 def _n_seeds(wildcards):

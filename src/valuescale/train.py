@@ -789,10 +789,11 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
     that a resumed or repeated run with the same shapes skips recompiling its step functions.
 
     Every executable is kept, not only those that took JAX's default minimum of 1 s to compile:
-    a run compiles ~60 small step functions (one per updates-per-call count and policy flag,
+    a run compiles 60-90 small step functions (one per updates-per-call count and policy flag,
     evaluation, validation), and runs that share shapes (same widths, batch size and seeds at
-    another UTD) reuse most of them. One folder may serve concurrent runs; an entry another
-    process is still writing reads as a miss (JAX warns and compiles)."""
+    another UTD) reuse most of them. One folder may serve concurrent runs: JAX writes an entry in
+    place, and an entry that is still being written (or whose writer was killed) fails to load,
+    which JAX reports as a warning before it compiles the function itself."""
     import jax
 
     Path(path).mkdir(parents=True, exist_ok=True)

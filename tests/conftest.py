@@ -1,15 +1,74 @@
-"""Shared fixtures: the authors' published curve archives (read from ``../shared``, never copied)."""
+"""Shared fixtures and run-wide settings of the test suite.
+
+- One JAX persistent compilation cache for every test of a run, in this process and in every
+  process it starts (engine CLIs, Snakemake jobs, SLURM jobs): the same computation compiles once.
+- ``default_study``: the trained study of ``studies.py``, built once per run in the background while
+  the other tests run; the tests that read it are moved to the end of the run.
+- ``published_dir`` / ``published_table``: the authors' published curve archives (read from
+  ``../shared``, never copied).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from studies import BuiltStudy, StudyBuild
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_STUDY = "default_study"
+_BUILD = pytest.StashKey[StudyBuild]()
+_SCRATCH = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="valuescale-tests-"))
+    config.stash[_SCRATCH] = scratch
+    # JAX reads these at import; child processes inherit them. VALUESCALE_COMPILATION_CACHE is the
+    # engine CLI's default cache; workflow train jobs get theirs from the config key.
+    cache = os.environ.get("VALUESCALE_TEST_XLA_CACHE") or str(scratch / "xla-cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    os.environ["VALUESCALE_COMPILATION_CACHE"] = cache
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of the shared study last (stable order otherwise): the study trains meanwhile."""
+    items.sort(key=lambda item: SHARED_STUDY in getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any(SHARED_STUDY in getattr(item, "fixturenames", ()) for item in session.items):
+        workdir = session.config.stash[_SCRATCH] / "default-study"
+        session.config.stash[_BUILD] = StudyBuild(workdir).start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    build = config.stash.get(_BUILD, None)
+    if build is not None:
+        build.stop()
+    scratch = config.stash.get(_SCRATCH, None)
+    if scratch is not None and not os.environ.get("VALUESCALE_TEST_KEEP"):
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def default_study(request: pytest.FixtureRequest) -> BuiltStudy:
+    """The shared trained study (see ``studies.py``); read-only: copy it to change it."""
+    build = request.config.stash.get(_BUILD, None)
+    if build is None:  # collected lazily (e.g. through another fixture): build it now
+        build = StudyBuild(request.config.stash[_SCRATCH] / "default-study").start()
+        request.config.stash[_BUILD] = build
+    return build.result()
 
 
 @pytest.fixture(scope="session")

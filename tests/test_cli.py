@@ -101,15 +101,24 @@ RESUME_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.mark.slow
-def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    # The three runs share compiled step functions through the persistent cache.
-    cache_args = ("--compilation-cache", str(tmp_path / "xla-cache"))
-    done = _cli(*RESUME_ARGS, *cache_args, "--out", str(reference))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of RESUME_ARGS, the reference of both interrupt tests, compiled into
+    a cache of its own (the interrupted runs then load every step function from it)."""
+    root = tmp_path_factory.mktemp("reference")
+    cache = root / "xla-cache"
+    done = _cli(*RESUME_ARGS, "--compilation-cache", str(cache), "--out", str(root / "run"))
     assert done.returncode == 0, done.stderr[-3000:]
     # every step function is kept, also those that compile in under JAX's default 1 s
-    assert len(list((tmp_path / "xla-cache").glob("*-cache"))) >= 20
+    assert len(list(cache.glob("*-cache"))) >= 20
+    return root
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path, reference: Path) -> None:
+    killed = tmp_path / "killed"
+    cache_args = ("--compilation-cache", str(reference / "xla-cache"))
+    reference = reference / "run"
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "valuescale.train", *RESUME_ARGS, *cache_args, "--out", str(killed)],
@@ -149,14 +158,13 @@ def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_resume_gives_identical_curves(
-    tmp_path: Path,
+    tmp_path: Path, reference: Path
 ) -> None:
     """scancel and preemption send SIGTERM: the engine writes a checkpoint at the step it is at
     (not only every checkpoint_every steps), exits 128 + 15, and a restart continues bit for bit."""
-    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
-    cache_args = ("--compilation-cache", str(tmp_path / "xla-cache"))
-    done = _cli(*RESUME_ARGS, *cache_args, "--out", str(reference))
-    assert done.returncode == 0, done.stderr[-3000:]
+    stopped = tmp_path / "stopped"
+    cache_args = ("--compilation-cache", str(reference / "xla-cache"))
+    reference = reference / "run"
 
     cmd = [sys.executable, "-m", "valuescale.train", *RESUME_ARGS, *cache_args]
     proc = subprocess.Popen(

@@ -1,46 +1,35 @@
-"""Real workflow runs: published-zip fetching and verification, kill-and-resume of training, and the
-default study end to end with its report.
+"""Real workflow runs: published-zip fetching and verification, the default study end to end (every
+cell, table and figure, its report), and kill-and-resume of a study's training.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
-import yaml
+from studies import (
+    README_TARGET,
+    SHARED_STEPS,
+    cell_dir,
+    copy_study,
+    forget_cell,
+    run_dirs,
+    snakemake,
+    snakemake_cmd,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
-HAS_PIPELINE = importlib.util.find_spec("valuescale.pipeline") is not None
-
-
-def snakemake_cmd(workdir: Path, config: dict, *args: str) -> list[str]:
-    cfg = workdir / "study.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-    return cmd + ["--directory", str(workdir), "--configfile", str(cfg), *args]
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, timeout=None):
-    proc = subprocess.run(
-        snakemake_cmd(workdir, config, *args),
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def sha256(path: Path) -> str:
@@ -108,111 +97,138 @@ def test_fetch_records_an_unknown_checksum_then_holds_to_it(tmp_path, small_zip)
     assert not (work / target).exists()
 
 
-# --------------------------------------------------------------------------- kill and resume
+# --------------------------------------------------------------------------- the default study
+# All of these read the shared study (tests/studies.py): the README's default config, trained
+# once per pytest run, shorter than the default only in train.steps (SHARED_STEPS).
 
 
-def tiny_training_study(steps: int) -> dict:
-    return {
-        "seeds": [0],
-        "grid": [
-            {
-                "envs": ["cartpole-balance"],
-                "utd": [1],
-                "widths": [16, 24],
-                "batch_sizes": [16],
-                "lrs": [3.0e-4],
-            }
-        ],
-        "train": {
-            "steps": steps,
-            "warmup_steps": 200,
-            "eval_interval": 500,
-            "eval_episodes": 1,
-            "replay_size": steps,
-            "checkpoint_every": 500,
-            "log_interval": 250,
-            "actor_width": 16,
-            "n_quantiles": 4,
-            "max_episode_steps": 250,
-        },
-        "analysis": {"envs": {"cartpole-balance": {"j_min": 100.0}}},
-    }
+def _curves(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
 
 
 @pytest.mark.slow
-def test_killed_workflow_resumes_the_interrupted_cell_and_redoes_no_finished_cell(tmp_path):
-    config = tiny_training_study(steps=6000)
-    runs = tmp_path / "results" / "runs" / "cartpole-balance" / "bro"
-    first = runs / "utd1_w16_b16_lr3e-4" / "seeds0-0"
-    second = runs / "utd1_w24_b16_lr3e-4" / "seeds0-0"
-    targets = [str((d / "curves.parquet").relative_to(tmp_path)) for d in (first, second)]
-    # -c1: the cells run one after the other (w16 first: the order of the targets)
-    cmd = snakemake_cmd(tmp_path, config, "-c1", *targets)
+def test_readme_default_study_end_to_end(default_study, tmp_path):
+    """The README's first command on the default config (shorter runs, see tests/studies.py),
+    then the rest of the study: every train job complete, every table, a sound D_J fit, a figure,
+    and nothing left to do."""
+    first, rest = default_study.stages
+    assert first.args[-1] == README_TARGET
+    assert README_TARGET in first.files_after
+    # the train jobs compiled into the study's shared cache (config key compilation_cache)
+    cache = [f for f in first.files_after if f.startswith("resources/xla-cache/")]
+    assert sum(f.endswith("-cache") for f in cache) >= 10, cache
+    config = default_study.config
+    grid = config["grid"][0]
+    runs = default_study.complete_runs()
+    assert len(runs) == len(grid["utd"]) * len(grid["widths"]) * len(grid["batch_sizes"])
+    for run in runs:
+        assert run["complete"] and run["env_steps"] == SHARED_STEPS
+        assert run["seeds"] == {str(s): {"status": "ok"} for s in range(config["seeds"])}
+    print(f"shared study: {first.seconds:.0f} s to {README_TARGET}, then {rest.seconds:.0f} s")
+
+    tables = default_study.workdir / "results" / "tables"
+    for name in ["fits_data_efficiency.csv", "compute_optimal.csv", "thresholds.csv"]:
+        assert (tables / name).stat().st_size > 0
+    fits = pd.read_csv(tables / "fits_data_efficiency.csv")
+    assert (fits["status"] == "ok").any(), fits[["variant", "threshold_idx", "status"]]
+    assert (default_study.workdir / "results" / "proposal.yaml").is_file()
+    for name in ["fig_scaling", "fig_data_efficiency", "fig_learning_curves"]:
+        for ext in ("pdf", "png"):
+            assert f"results/figures/{name}.{ext}" in rest.files_after, name
+    proc = snakemake(default_study.workdir, config, "-n", config_file=tmp_path / "study.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_default_study_tables_cover_every_cell_seed_and_evaluation(default_study):
+    """The study table holds every evaluation of every seed of every cell of the default grid,
+    and the crossings table every (cell, threshold). (Learning itself is asserted on a longer
+    run in test_train.py::test_short_run_learns: at SHARED_STEPS the default cells are still
+    near the random return.)"""
+    config = default_study.config
+    grid = config["grid"][0]
+    tables = default_study.workdir / "results" / "tables"
+    returns = _curves(tables / "curves.parquet").query("metric == 'return'")
+    interval = config["train"]["eval_interval"]
+    evals = set(range(interval, SHARED_STEPS + 1, interval))
+    per_cell = returns.groupby(["utd", "width", "seed"])["step"].apply(set)
+    assert len(per_cell) == len(grid["utd"]) * len(grid["widths"]) * config["seeds"]
+    assert all(steps >= evals for steps in per_cell), per_cell
+    assert np.isfinite(returns["value"]).all()
+    crossings = pd.read_parquet(tables / "crossings.parquet")
+    cells = crossings.groupby(["utd", "width"])["threshold_idx"].nunique()
+    assert len(cells) == 9 and (cells == cells.max()).all() and cells.max() > 1, cells
+
+
+@pytest.mark.slow
+def test_report_of_the_default_study(default_study, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(
+        default_study.workdir,
+        default_study.config,
+        "--report",
+        str(report),
+        timeout=600,
+        config_file=tmp_path / "study.yaml",
+    )
+    html = report.read_text(errors="replace")
+    for name in ["fig_scaling.png", "fig_data_efficiency.png", "fits_data_efficiency.csv"]:
+        assert name in html, name
+
+
+#: the cheapest cell of the default grid: the one that the kill-and-resume tests retrain
+RETRAINED = cell_dir("cartpole-balance", "0.5", 32, 64, "3e-4", "0-2")
+
+
+@pytest.mark.slow
+def test_killed_workflow_resumes_the_interrupted_cell_and_redoes_no_finished_cell(
+    default_study, tmp_path
+):
+    """One cell of the built study is forgotten and retrained; Snakemake and its job are killed
+    (SIGKILL to the whole process group) after the cell's first checkpoint. The rerun resumes
+    that cell from its checkpoint, touches no other cell, and gives exactly the curves and the
+    study table of the uninterrupted build."""
+    study = copy_study(default_study.workdir, tmp_path / "study")
+    forget_cell(study, RETRAINED)
+    config = copy.deepcopy(default_study.config)
+    config["train"]["checkpoint_every"] = 1000  # operational: no other cell goes stale
+    finished = {d: (d / "curves.parquet").stat().st_mtime_ns for d in run_dirs(study)}
+    target = f"{RETRAINED}/curves.parquet"
+    planned = snakemake(study, config, "-n", "results/tables/curves.parquet")
+    assert planned.stdout.count("rule train:") == 1, planned.stdout
+
     proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
+        snakemake_cmd(study, config, "-c1", target),
+        cwd=study,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 600
-        finished = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            for done, running in [(first, second), (second, first)]:
-                run_json = done / "run.json"
-                if run_json.is_file() and json.loads(run_json.read_text()).get("complete"):
-                    if (running / "checkpoint.pkl").is_file():
-                        finished = (done, running)
-            if finished:
-                break
-            time.sleep(0.2)
-        assert finished, "never saw one finished cell and one checkpointed cell"
+        wait_for(
+            lambda: (study / RETRAINED / "checkpoint.pkl").is_file(),
+            proc,
+            timeout=600,
+            what="a checkpoint of the retrained cell",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the engine it started
         proc.wait()
-    done, interrupted = finished
-    done_mtime = (done / "curves.parquet").stat().st_mtime_ns
-    time.sleep(1)
 
-    snakemake(tmp_path, config, "--unlock")
-    snakemake(tmp_path, config, "-c1", "--rerun-incomplete", *targets, timeout=600)
-    assert (done / "curves.parquet").stat().st_mtime_ns == done_mtime, "a finished cell was redone"
-    summary = json.loads((interrupted / "run.json").read_text())
-    assert summary["complete"] and summary["env_steps"] == 6000
-    assert len(summary["resumed_at_steps"]) == 1 and 0 < summary["resumed_at_steps"][0] < 6000
-    assert not (interrupted / "checkpoint.pkl").exists()
-    # and nothing is left to do
-    proc = snakemake(tmp_path, config, "-n", *targets)
+    snakemake(study, config, "--unlock")
+    snakemake(study, config, "-c1", "--rerun-incomplete", "results/tables/curves.parquet",
+              timeout=900)  # fmt: skip
+    for run, mtime in finished.items():
+        assert (run / "curves.parquet").stat().st_mtime_ns == mtime, f"{run} was redone"
+    summary = json.loads((study / RETRAINED / "run.json").read_text())
+    assert summary["complete"] and summary["env_steps"] == SHARED_STEPS
+    assert len(summary["resumed_at_steps"]) == 1
+    assert 0 < summary["resumed_at_steps"][0] < SHARED_STEPS
+    assert not (study / RETRAINED / "checkpoint.pkl").exists()
+    original = default_study.workdir
+    for name in (f"{RETRAINED}/curves.parquet", "results/tables/curves.parquet"):
+        pd.testing.assert_frame_equal(
+            _curves(study / name), _curves(original / name), check_exact=True, obj=name
+        )
+    proc = snakemake(study, config, "-n", "results/tables/curves.parquet")
     assert "Nothing to be done" in proc.stdout + proc.stderr
-
-
-# --------------------------------------------------------------------------- the default study
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not HAS_PIPELINE, reason="valuescale.pipeline (the analysis stages) not there yet"
-)
-def test_default_study_end_to_end_with_report(tmp_path):
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    snakemake(tmp_path, config, "--cores", "2", "results/figures/fig_scaling.pdf", timeout=3600)
-    assert (tmp_path / "results" / "figures" / "fig_scaling.pdf").stat().st_size > 0
-    # the train jobs compiled into the shared cache (config key compilation_cache)
-    assert len(list((tmp_path / "resources" / "xla-cache").glob("*-cache"))) >= 10
-    # everything the study makes, then the report
-    snakemake(tmp_path, config, "--cores", "2", timeout=3600)
-    tables = tmp_path / "results" / "tables"
-    for name in ["fits_data_efficiency.csv", "compute_optimal.csv", "thresholds.csv"]:
-        assert (tables / name).stat().st_size > 0
-    import pandas as pd
-
-    fits = pd.read_csv(tables / "fits_data_efficiency.csv")
-    assert (fits["status"] == "ok").any(), fits[["variant", "threshold_idx", "status"]]
-    assert (tmp_path / "results" / "proposal.yaml").is_file()
-    proc = snakemake(tmp_path, config, "-n")
-    assert "Nothing to be done" in proc.stdout + proc.stderr
-    snakemake(tmp_path, config, "--report", "results/report.html", timeout=600)
-    html = (tmp_path / "results" / "report.html").read_text(errors="replace")
-    for name in ["fig_scaling.png", "fig_data_efficiency.png", "fits_data_efficiency.csv"]:
-        assert name in html, name

@@ -105,8 +105,10 @@ def run_dirs(workdir: Path) -> list[Path]:
 
 
 def forget_cell(workdir: Path, run: str) -> None:
-    """Remove a cell's outputs from a copied study, as if it had never been trained."""
+    """Remove a cell's outputs from a copied study, as if it had never been trained, and the study
+    tables built from them (Snakemake does not remake a missing input of an up-to-date output)."""
     shutil.rmtree(workdir / run)
+    shutil.rmtree(workdir / "results" / "tables")
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:

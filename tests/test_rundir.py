@@ -8,12 +8,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from studies import snakemake
 
 from valuescale.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from valuescale.config import TrainConfig
@@ -150,15 +148,9 @@ def study(eval_interval: int) -> dict:
     }
 
 
-def snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> str:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-c1", *args]
-    cmd += ["--directory", str(workdir), "--configfile", str(workdir / "study.yaml")]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=workdir, timeout=300, env=env or os.environ
-    )
-    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout}\n{proc.stderr}"
+def run_snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> str:
+    """``snakemake -c1`` to completion; its output."""
+    proc = snakemake(workdir, config, "-c1", *args, timeout=300, env=env)
     return proc.stdout + proc.stderr
 
 
@@ -175,7 +167,7 @@ def checkpoint(tmp_path_factory, compilation_cache) -> Path:
     import valuescale.train as engine
 
     tmp = tmp_path_factory.mktemp("checkpoint")
-    text = snakemake(tmp / "plan", study(200), "-n", "-p", f"{RUN}/curves.parquet")
+    text = run_snakemake(tmp / "plan", study(200), "-n", "-p", f"{RUN}/curves.parquet")
     argv = re.search(r"args='([^']*)'", text).group(1).split()
     _, cfg = config_from_argv(argv)
     assert cfg is not None and cfg.eval_interval == 200 and cfg.checkpoint_every == 200
@@ -204,7 +196,7 @@ def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
     run.mkdir(parents=True)
     shutil.copy(checkpoint, run / CHECKPOINT_NAME)
     env = {**os.environ, "VALUESCALE_COMPILATION_CACHE": str(compilation_cache)}
-    snakemake(tmp_path, study(eval_interval), f"{RUN}/curves.parquet", env=env)
+    run_snakemake(tmp_path, study(eval_interval), f"{RUN}/curves.parquet", env=env)
     summary = json.loads((run / "run.json").read_text())
     assert summary["complete"] and summary["env_steps"] == 400
     assert summary["config"]["eval_interval"] == eval_interval

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from studies import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
@@ -38,11 +38,7 @@ BASE = {
 
 
 def dry_run(tmp_path: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
-    cfg = tmp_path / "study.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-    cmd += ["--directory", str(tmp_path), "--configfile", str(cfg), "-n", "--quiet", "rules"]
-    return subprocess.run(cmd + list(extra), capture_output=True, text=True, cwd=tmp_path)
+    return snakemake(tmp_path, config, "-n", "--quiet", "rules", *extra, check=False)
 
 
 def mutate(path: str, value) -> dict:

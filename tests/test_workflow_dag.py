@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from studies import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
@@ -42,17 +43,6 @@ STUDY = {
     },
 }
 N_TRAIN = 2 * 2 * 2  # envs x utd x widths, seeds 0-1 in one job
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True):
-    cfg = workdir / "study.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-    cmd += ["--directory", str(workdir), "--configfile", str(cfg), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def planned_jobs(workdir: Path, config: dict, *targets: str) -> list[tuple[str, list[str]]]:

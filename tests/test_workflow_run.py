@@ -102,10 +102,6 @@ def test_fetch_records_an_unknown_checksum_then_holds_to_it(tmp_path, small_zip)
 # once per pytest run, shorter than the default only in train.steps (SHARED_STEPS).
 
 
-def _curves(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
 @pytest.mark.slow
 def test_readme_default_study_end_to_end(default_study, tmp_path):
     """The README's first command on the default config (shorter runs, see tests/studies.py),
@@ -148,7 +144,7 @@ def test_default_study_tables_cover_every_cell_seed_and_evaluation(default_study
     config = default_study.config
     grid = config["grid"][0]
     tables = default_study.workdir / "results" / "tables"
-    returns = _curves(tables / "curves.parquet").query("metric == 'return'")
+    returns = pd.read_parquet(tables / "curves.parquet").query("metric == 'return'")
     interval = config["train"]["eval_interval"]
     evals = set(range(interval, SHARED_STEPS + 1, interval))
     per_cell = returns.groupby(["utd", "width", "seed"])["step"].apply(set)
@@ -228,7 +224,10 @@ def test_killed_workflow_resumes_the_interrupted_cell_and_redoes_no_finished_cel
     original = default_study.workdir
     for name in (f"{RETRAINED}/curves.parquet", "results/tables/curves.parquet"):
         pd.testing.assert_frame_equal(
-            _curves(study / name), _curves(original / name), check_exact=True, obj=name
+            pd.read_parquet(study / name),
+            pd.read_parquet(original / name),
+            check_exact=True,
+            obj=name,
         )
     proc = snakemake(study, config, "-n", "results/tables/curves.parquet")
     assert "Nothing to be done" in proc.stdout + proc.stderr

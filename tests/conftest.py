@@ -4,6 +4,10 @@
   process it starts (engine CLIs, Snakemake jobs, SLURM jobs): the same computation compiles once.
 - ``default_study``: the trained study of ``studies.py``, built once per run in the background while
   the other tests run; the tests that read it are moved to the end of the run.
+- pytest-xdist (``-n``, in addopts): the controller process owns the scratch folder, the cache and
+  the study build (it is idle otherwise); workers get the folder through ``workerinput`` and read
+  the built study from its record. Tests that share a module or session fixture with a costly
+  setup (a SLURM cluster, a reference run) carry one ``xdist_group`` so that one worker runs them.
 - ``published_dir`` / ``published_table``: the authors' published curve archives (read from
   ``../shared``, never copied).
 """
@@ -18,16 +22,24 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from studies import BuiltStudy, StudyBuild
+from studies import BuiltStudy, StudyBuild, wait_for_build
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STUDY = "default_study"
 _BUILD = pytest.StashKey[StudyBuild]()
 _SCRATCH = pytest.StashKey[Path]()
+_NEEDED = "default-study.needed"  # a worker collected tests of the shared study
+
+
+def _worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="valuescale-tests-"))
+    if _worker(config):
+        scratch = Path(config.workerinput["valuescale_scratch"])
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="valuescale-tests-"))
     config.stash[_SCRATCH] = scratch
     # JAX reads these at import; child processes inherit them. VALUESCALE_COMPILATION_CACHE is the
     # engine CLI's default cache; workflow train jobs get theirs from the config key.
@@ -44,15 +56,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: SHARED_STUDY in getattr(item, "fixturenames", ()))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist controller, per worker
+    node.workerinput["valuescale_scratch"] = str(node.config.stash[_SCRATCH])
+
+
+def _start_build(config: pytest.Config) -> StudyBuild:
+    build = StudyBuild(config.stash[_SCRATCH] / "default-study").start()
+    config.stash[_BUILD] = build
+    return build
+
+
+@pytest.hookimpl(tryfirst=True)  # a worker: before xdist reports the collection
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly:
+    config = session.config
+    if config.option.collectonly:
         return
     if any(SHARED_STUDY in getattr(item, "fixturenames", ()) for item in session.items):
-        workdir = session.config.stash[_SCRATCH] / "default-study"
-        session.config.stash[_BUILD] = StudyBuild(workdir).start()
+        if _worker(config):
+            (config.stash[_SCRATCH] / _NEEDED).touch()
+        else:
+            _start_build(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids) -> None:  # xdist controller
+    config = node.config
+    if (config.stash[_SCRATCH] / _NEEDED).exists() and config.stash.get(_BUILD, None) is None:
+        _start_build(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _worker(config):
+        return  # the controller stops the build and removes the scratch folder
     build = config.stash.get(_BUILD, None)
     if build is not None:
         build.stop()
@@ -64,10 +100,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def default_study(request: pytest.FixtureRequest) -> BuiltStudy:
     """The shared trained study (see ``studies.py``); read-only: copy it to change it."""
-    build = request.config.stash.get(_BUILD, None)
-    if build is None:  # collected lazily (e.g. through another fixture): build it now
-        build = StudyBuild(request.config.stash[_SCRATCH] / "default-study").start()
-        request.config.stash[_BUILD] = build
+    config = request.config
+    if _worker(config):
+        return wait_for_build(config.stash[_SCRATCH] / "default-study")
+    build = config.stash.get(_BUILD, None) or _start_build(config)  # None: collected lazily
     return build.result()
 
 

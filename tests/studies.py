@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -61,7 +61,8 @@ def snakemake_cmd(
     cfg = config_file or workdir / "study.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
-    return cmd + ["--directory", str(workdir), "--configfile", str(cfg), *args]
+    # ``args`` first: --configfile takes several values and would swallow targets after it
+    return cmd + [*args, "--directory", str(workdir), "--configfile", str(cfg)]
 
 
 def snakemake(
@@ -97,6 +98,10 @@ def copy_study(src: Path, dst: Path) -> Path:
 def cell_dir(env: str, utd: str, width: int, batch_size: int, lr: str, seeds: str) -> str:
     """A run folder of the study, relative to its root."""
     return f"results/runs/{env}/bro/utd{utd}_w{width}_b{batch_size}_lr{lr}/seeds{seeds}"
+
+
+#: the cheapest cell of the default grid: the one that the kill-and-resume and SLURM tests retrain
+RETRAINED = cell_dir("cartpole-balance", "0.5", 32, 64, "3e-4", "0-2")
 
 
 def run_dirs(workdir: Path) -> list[Path]:
@@ -144,11 +149,20 @@ class BuiltStudy:
         return [json.loads((d / "run.json").read_text()) for d in run_dirs(self.workdir)]
 
 
+#: the file next to the study's folder that says how its build ended (``StudyBuild.record``)
+RECORD_SUFFIX = ".build.json"
+
+
 class StudyBuild:
-    """Builds the shared study in a background thread (Snakemake as a child process)."""
+    """Builds the shared study in a background thread (Snakemake as a child process).
+
+    When the build ends, its outcome (stages or error) is written next to the study folder
+    (``<workdir>.build.json``, written then renamed), where test processes other than the one
+    that builds (pytest-xdist workers) read it with ``wait_for_build``."""
 
     def __init__(self, workdir: Path) -> None:
         self.study = BuiltStudy(workdir=workdir, config=shared_config())
+        self.record = workdir.with_name(workdir.name + RECORD_SUFFIX)
         self.error: str | None = None
         self._proc: subprocess.Popen | None = None
         self._stopped = False
@@ -184,6 +198,23 @@ class StudyBuild:
         )
 
     def _build(self) -> None:
+        try:
+            self._run_stages()
+        except Exception as e:  # noqa: BLE001 - reported to every test that reads the study
+            self.error = f"building the shared study raised {e!r}"
+        if self._stopped:
+            return
+        outcome = {
+            "workdir": str(self.study.workdir),
+            "config": self.study.config,
+            "stages": [asdict(stage) for stage in self.study.stages],
+            "error": self.error,
+        }
+        partial = self.record.with_name(self.record.name + ".partial")
+        partial.write_text(json.dumps(outcome))
+        partial.rename(self.record)
+
+    def _run_stages(self) -> None:
         for args in (("--cores", "all", README_TARGET), ("--cores", "all")):
             t0 = time.monotonic()
             with self._lock:
@@ -206,3 +237,17 @@ class StudyBuild:
                 self.error = f"snakemake {' '.join(args)} (exit {stage.returncode}):\n"
                 self.error += f"{stdout[-5000:]}\n{stderr[-20000:]}"
                 return
+
+
+def wait_for_build(workdir: Path, timeout: float = 3600) -> BuiltStudy:
+    """The shared study as another process built it: wait for its record, fail on its error."""
+    record = workdir.with_name(workdir.name + RECORD_SUFFIX)
+    deadline = time.monotonic() + timeout
+    while not record.exists():
+        assert time.monotonic() < deadline, f"the shared study was not built within {timeout} s"
+        time.sleep(1.0)
+    outcome = json.loads(record.read_text())
+    if outcome["error"]:
+        raise AssertionError(f"building the shared study failed:\n{outcome['error']}")
+    stages = [Stage(**{**stage, "args": tuple(stage["args"])}) for stage in outcome["stages"]]
+    return BuiltStudy(workdir=Path(outcome["workdir"]), config=outcome["config"], stages=stages)

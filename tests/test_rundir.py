@@ -17,6 +17,9 @@ from valuescale.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from valuescale.config import TrainConfig
 from valuescale.rundir import config_from_argv, discard_stale, main, stale_reason
 
+# one worker: the resume tests share one real checkpoint
+pytestmark = pytest.mark.xdist_group("rundir")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CFG = TrainConfig(env="cartpole-balance", critic_width=16, steps=600, checkpoint_every=300)
@@ -122,6 +125,7 @@ LOG = "results/logs/train/cartpole-balance/bro/utd1_w16_b16_lr3e-4/seeds0-0.log"
 
 def study(eval_interval: int) -> dict:
     return {
+        "compilation_cache": os.environ["JAX_COMPILATION_CACHE_DIR"],  # the run's (conftest.py)
         "seeds": [0],
         "grid": [
             {
@@ -155,13 +159,7 @@ def run_snakemake(workdir: Path, config: dict, *args: str, env: dict | None = No
 
 
 @pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory) -> Path:
-    """One JAX compilation cache for the runs of this module (same shapes compile once)."""
-    return tmp_path_factory.mktemp("jax-cache")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, compilation_cache) -> Path:
+def checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint at env step 200 of the train job of ``study(200)``, with exactly the
     engine config the workflow passes (read from the dry-run's shell command)."""
     import valuescale.train as engine
@@ -181,7 +179,7 @@ def checkpoint(tmp_path_factory, compilation_cache) -> Path:
     mp = pytest.MonkeyPatch()
     mp.setattr(engine, "save_checkpoint", save_and_keep)
     try:
-        engine.run_training(cfg, tmp / "run", progress=False, compilation_cache=compilation_cache)
+        engine.run_training(cfg, tmp / "run", progress=False)
     finally:
         mp.undo()
     return kept
@@ -190,13 +188,12 @@ def checkpoint(tmp_path_factory, compilation_cache) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize(("eval_interval", "resumed"), [(200, [200]), (100, [])])
 def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
-    tmp_path, checkpoint, compilation_cache, eval_interval, resumed
+    tmp_path, checkpoint, eval_interval, resumed
 ):
     run = tmp_path / RUN
     run.mkdir(parents=True)
     shutil.copy(checkpoint, run / CHECKPOINT_NAME)
-    env = {**os.environ, "VALUESCALE_COMPILATION_CACHE": str(compilation_cache)}
-    run_snakemake(tmp_path, study(eval_interval), f"{RUN}/curves.parquet", env=env)
+    run_snakemake(tmp_path, study(eval_interval), f"{RUN}/curves.parquet")
     summary = json.loads((run / "run.json").read_text())
     assert summary["complete"] and summary["env_steps"] == 400
     assert summary["config"]["eval_interval"] == eval_interval

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from studies import (
     README_TARGET,
+    RETRAINED,
     SHARED_STEPS,
-    cell_dir,
     copy_study,
     forget_cell,
     run_dirs,
@@ -170,10 +170,6 @@ def test_report_of_the_default_study(default_study, tmp_path):
     html = report.read_text(errors="replace")
     for name in ["fig_scaling.png", "fig_data_efficiency.png", "fits_data_efficiency.csv"]:
         assert name in html, name
-
-
-#: the cheapest cell of the default grid: the one that the kill-and-resume tests retrain
-RETRAINED = cell_dir("cartpole-balance", "0.5", 32, 64, "3e-4", "0-2")
 
 
 @pytest.mark.slow

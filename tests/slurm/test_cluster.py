@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slurm
+# one worker brings the cluster up and runs every SLURM test
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 

@@ -85,3 +85,44 @@ def test_garbage_and_foreign_files_are_refused(tmp_path: Path) -> None:
     foreign.write_bytes(pickle.dumps({"format": 999}))
     with pytest.raises(ValueError, match="format 999"):
         load_checkpoint(foreign)
+
+
+def test_a_run_folder_is_held_by_one_live_process_and_freed_when_it_dies(tmp_path: Path) -> None:
+    """The run-folder lock: a second holder is refused with the folder and the holder's pid; a
+    holder killed with SIGKILL frees the folder (the kernel drops its flock)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from valuescale.checkpoint import RunFolderBusy, hold_run_folder, run_folder_holder
+
+    assert run_folder_holder(tmp_path / "missing") is None
+    code = (
+        "import sys, time\n"
+        "from valuescale.checkpoint import hold_run_folder\n"
+        "with hold_run_folder(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_folder_holder(tmp_path) == str(holder.pid)
+        with pytest.raises(RunFolderBusy) as info:
+            with hold_run_folder(tmp_path):
+                pytest.fail("a held folder was entered")
+        assert str(tmp_path) in str(info.value) and f"pid {holder.pid}" in str(info.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while run_folder_holder(tmp_path) is not None:
+        assert time.monotonic() < deadline, "the lock outlived its holder"
+        time.sleep(0.05)
+    with hold_run_folder(tmp_path):  # free again: we hold it, and say so to any other opener
+        assert run_folder_holder(tmp_path) == str(os.getpid())
+    assert run_folder_holder(tmp_path) is None

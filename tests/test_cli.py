@@ -140,10 +140,8 @@ def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path, reference: Pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert (
-        not (killed / "run.json").exists()
-        or not json.loads((killed / "run.json").read_text())["complete"]
-    )
+    # an unfinished run leaves no output (the train rule's) under its name, only its progress
+    assert not (killed / "run.json").exists() and not (killed / "curves.parquet").exists()
 
     resumed = _cli(*RESUME_ARGS, *cache_args, "--out", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -207,21 +205,50 @@ def test_sigterm_checkpoints_the_current_step_and_resume_gives_identical_curves(
     stderr = "".join(lines)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "stopped by SIGTERM at env step" in stderr
-    partial = json.loads((stopped / "run.json").read_text())
+    assert not (stopped / "run.json").exists() and not (stopped / "curves.parquet").exists()
+    partial = json.loads((stopped / "progress.json").read_text())
     assert not partial["complete"]
     stopped_at = partial["env_steps"]
     assert 700 < stopped_at < 2000, stopped_at
+    so_far = pd.read_parquet(stopped / "progress.parquet")
+    assert so_far["step"].max() <= stopped_at
 
     resumed = _cli(*RESUME_ARGS, *cache_args, "--out", str(stopped))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((stopped / "run.json").read_text())
     assert summary["complete"] and summary["resumed_at_steps"] == [stopped_at]
     assert not checkpoint.exists()
+    assert not (stopped / "progress.json").exists() and not (stopped / "progress.parquet").exists()
     pd.testing.assert_frame_equal(
         pd.read_parquet(reference / "curves.parquet"),
         pd.read_parquet(stopped / "curves.parquet"),
         check_exact=True,
     )
+
+
+def test_a_folder_held_by_a_live_engine_is_left_alone_by_the_engine_and_rundir(
+    tmp_path: Path,
+) -> None:
+    """A second engine (or the train rule's rundir step) started on a folder that a live process
+    holds exits 2 naming the folder and that process, and changes nothing in it."""
+    from valuescale.checkpoint import hold_run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pkl").write_bytes(b"the live engine's, not to be touched")
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir() if p.name != ".engine.lock")
+    args = ("--env", "cheetah-run", "--steps", "100", "--out", str(out))
+    with hold_run_folder(out):
+        engine = _cli(*args, timeout=120)
+        rundir = subprocess.run(
+            [sys.executable, "-m", "valuescale.rundir", *args],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+    for proc in (engine, rundir):
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"run folder {out} is held by a live engine (pid {os.getpid()})" in proc.stderr
+    after = sorted((p.name, p.read_bytes()) for p in out.iterdir() if p.name != ".engine.lock")
+    assert after == before
 
 
 def test_config_conflict_with_a_checkpoint_exits_2(tmp_path: Path) -> None:

@@ -195,6 +195,23 @@ def test_aggregate_runs_reads_run_json(tmp_path, caplog) -> None:
     assert any("seed 1 is diverged" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("run_json", ["missing", "incomplete"])
+def test_a_partial_run_is_never_aggregated(tmp_path, run_json) -> None:
+    runs = [
+        run_dir(tmp_path, "a", passive=False, diverged=False),
+        run_dir(tmp_path, "b", passive=False, diverged=False),
+    ]
+    info = runs[1].with_name("run.json")
+    if run_json == "missing":
+        info.unlink()
+    else:
+        info.write_text(json.dumps({**json.loads(info.read_text()), "complete": False}))
+    out = tmp_path / "tables" / "curves_own.parquet"
+    with pytest.raises(ValueError, match=str(tmp_path / "b")):
+        pipeline.aggregate_runs(runs, out)
+    assert not out.exists()
+
+
 def test_malformed_curves_are_named_and_leave_no_output(tmp_path) -> None:
     bad = tmp_path / "bad.parquet"
     pd.DataFrame({"env": ["x"], "step": [1]}).to_parquet(bad)

@@ -31,6 +31,79 @@ import numpy as np
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pkl"
 
+#: A run folder's outputs, written once, when the run is complete (the train rule's outputs).
+OUTPUT_NAMES = ("curves.parquet", "run.json")
+#: Progress of an unfinished run, written beside each checkpoint (never under an output name):
+#: the curves so far and the summary so far (``complete: false``); removed when the run completes.
+PROGRESS_NAMES = ("progress.parquet", "progress.json")
+#: The lock a live engine holds on its run folder (``hold_run_folder``); it holds the engine's pid.
+LOCK_NAME = ".engine.lock"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live process holds the run folder (``hold_run_folder``)."""
+
+
+def _busy_message(out: Path, holder: str) -> str:
+    return (
+        f"run folder {out} is held by a live engine (pid {holder or 'unknown'}), which is still "
+        "training there: let it finish or stop it, then start again"
+    )
+
+
+@contextlib.contextmanager
+def hold_run_folder(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``out_dir`` for one engine: an exclusive ``flock`` on ``<out_dir>/.engine.lock`` (which
+    records the pid) for the life of the block; the file is removed when the block ends. Raises
+    ``RunFolderBusy`` naming the folder and the holder's pid when another live process holds it.
+    The kernel drops the lock when its holder dies (kill -9 included), so a dead engine never
+    blocks a restart (its lock file stays behind, unheld)."""
+    import fcntl
+
+    out = Path(out_dir)
+    path = out / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode().strip()
+            os.close(fd)
+            raise RunFolderBusy(_busy_message(out, holder)) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # its holder removed it between our open and our lock
+            same = False
+        if same:
+            break
+        os.close(fd)  # a file its previous holder had unlinked: lock the current one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a new holder locks a new file
+        os.close(fd)
+
+
+def run_folder_holder(out_dir: str | os.PathLike) -> str | None:
+    """The pid (as written) of the live process holding ``out_dir``, or None when none does
+    (probing creates nothing: a folder without a lock file is not held)."""
+    import fcntl
+
+    path = Path(out_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode().strip() or "unknown"
+    finally:
+        os.close(fd)
+    return None
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:

@@ -326,31 +326,36 @@ def _settings(settings: Mapping[str, Any] | None, key: str) -> Mapping[str, Any]
 
 
 def _run_info(curves_path: Path) -> dict[str, Any]:
-    """``run.json`` next to a run's ``curves.parquet`` ({} when absent)."""
+    """``run.json`` next to a run's ``curves.parquet``; ValueError naming the run when it is
+    missing or says the run is not complete (a partial run is never aggregated)."""
     path = curves_path.with_name("run.json")
     if not path.is_file():
-        log.warning("%s: no run.json next to the curves", curves_path)
-        return {}
+        raise ValueError(f"{curves_path}: no run.json beside it; is the run finished?")
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not info.get("complete"):
+        raise ValueError(
+            f"{path} says the run is not complete (env step {info.get('env_steps')}); "
+            "a partial run is not aggregated: finish it (rerun its train job) first"
+        )
+    return info
 
 
 def aggregate_runs(runs: Sequence[PathLike], out: PathLike) -> None:
     """Rule ``aggregate``: every train job's ``curves.parquet`` -> ``tables/curves_own.parquet``.
 
-    Rows get ``source = "own"``. Each run's ``run.json`` is read: seeds marked ``diverged`` are
-    logged (their rows up to the divergence stay), incomplete runs are logged, and runs with a
-    passive critic get ``passive_width`` / ``passive_critic_params`` from it.
+    Rows get ``source = "own"``. Each run's ``run.json`` is read: a run that is not complete (or
+    has none) stops the rule with its name before anything is written, seeds marked ``diverged``
+    are logged (their rows up to the divergence stay), and runs with a passive critic get
+    ``passive_width`` / ``passive_critic_params`` from it.
     """
     frames = []
     for run in runs:
         path = Path(run)
         table = ingest_mod.import_runs([path])
         info = _run_info(path)
-        if info and not info.get("complete", True):
-            log.warning("%s: run.json says the run is not complete", path)
         for seed, status in (info.get("seeds") or {}).items():
             if status.get("status") != "ok":
                 log.warning(

@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from valuescale.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from valuescale.checkpoint import (
+    CHECKPOINT_NAME,
+    OUTPUT_NAMES,
+    PROGRESS_NAMES,
+    load_checkpoint,
+    run_folder_holder,
+)
 from valuescale.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
 
 log = logging.getLogger("valuescale.rundir")
@@ -30,10 +36,10 @@ log = logging.getLogger("valuescale.rundir")
 RUN_FILES: tuple[str, ...] = (
     CHECKPOINT_NAME,
     CHECKPOINT_NAME + ".tmp",
-    "run.json",
-    "curves.parquet",
+    *OUTPUT_NAMES,
+    *PROGRESS_NAMES,
 )
-"""What a stale run folder loses: the engine's state and outputs (nothing else is touched)."""
+"""What a stale run folder loses: the engine's state, progress and outputs (nothing else)."""
 
 
 def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
@@ -132,10 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI (``python -m valuescale.rundir``): takes exactly the flags of ``valuescale.train``.
 
     A config the engine's CLI rejects is left for the engine to report (exit 0, nothing removed).
+    A folder that a live engine holds is left alone: exit 2 with a message naming it and the pid.
     """
     out, cfg = config_from_argv(argv)
     if cfg is None or not Path(out).is_dir():
         return 0
+    holder = run_folder_holder(out)
+    if holder is not None:
+        print(
+            f"error: run folder {out} is held by a live engine (pid {holder}), which is still "
+            "training there: let it finish or stop it, then start again",
+            file=sys.stderr,
+        )
+        return 2
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

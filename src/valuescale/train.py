@@ -63,7 +63,11 @@ import numpy as np
 
 from valuescale.checkpoint import (
     CHECKPOINT_NAME,
+    OUTPUT_NAMES,
+    PROGRESS_NAMES,
+    RunFolderBusy,
     atomic_write_bytes,
+    hold_run_folder,
     load_checkpoint,
     save_checkpoint,
     tree_from_numpy,
@@ -575,12 +579,19 @@ class _Run:
         return df[list(CURVE_COLUMNS)]
 
     def _write_outputs(self, complete: bool) -> dict[str, Any]:
+        """The run's outputs (``OUTPUT_NAMES``) once it is complete, and only then; before that
+        its progress (``PROGRESS_NAMES``, beside the checkpoint), so that nothing that reads a run
+        folder can take an unfinished run for a finished one."""
         summary = self._summary(complete)
         buf = io.BytesIO()
         self._curves().to_parquet(buf, index=False)
-        atomic_write_bytes(self.out_dir / "curves.parquet", buf.getvalue())
         text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
-        atomic_write_bytes(self.out_dir / "run.json", text.encode())
+        curves_name, summary_name = OUTPUT_NAMES if complete else PROGRESS_NAMES
+        atomic_write_bytes(self.out_dir / curves_name, buf.getvalue())
+        atomic_write_bytes(self.out_dir / summary_name, text.encode())
+        if complete:
+            for name in PROGRESS_NAMES:
+                (self.out_dir / name).unlink(missing_ok=True)
         return summary
 
     # ----------------------------------------------------------------- main loop
@@ -802,24 +813,12 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def run_training(
+def _run_held(
     cfg: TrainConfig,
-    out_dir: str | os.PathLike,
-    progress: bool | None = None,
-    compilation_cache: str | os.PathLike | None = None,
+    out: Path,
+    progress: bool | None,
+    compilation_cache: str | os.PathLike | None,
 ) -> dict[str, Any]:
-    """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
-    summary (the content of run.json).
-
-    Resumes from ``out_dir/checkpoint.pkl`` when present; returns the existing summary when
-    ``out_dir`` already holds a complete run of the same config. ``progress``: tqdm bar (True),
-    log lines (False) or a bar only when stderr is a TTY (None). ``compilation_cache``: a
-    directory for JAX's persistent compilation cache (see ``enable_compilation_cache``).
-    """
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"run_training: cfg must be a TrainConfig, got {type(cfg).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
     run_json = out / "run.json"
     ckpt = None
@@ -850,6 +849,30 @@ def run_training(
     if compilation_cache is not None:
         enable_compilation_cache(compilation_cache)
     return _Run(cfg, out, progress).run(ckpt)
+
+
+def run_training(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    progress: bool | None = None,
+    compilation_cache: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
+    summary (the content of run.json).
+
+    Resumes from ``out_dir/checkpoint.pkl`` when present; returns the existing summary when
+    ``out_dir`` already holds a complete run of the same config. ``progress``: tqdm bar (True),
+    log lines (False) or a bar only when stderr is a TTY (None). ``compilation_cache``: a
+    directory for JAX's persistent compilation cache (see ``enable_compilation_cache``).
+    The folder is held for the whole run (``hold_run_folder``): while another live process holds
+    it, this raises ``RunFolderBusy`` naming the folder and that process, and touches nothing.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"run_training: cfg must be a TrainConfig, got {type(cfg).__name__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with hold_run_folder(out):
+        return _run_held(cfg, out, progress, compilation_cache)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1025,7 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_log.propagate = False
     try:
         summary = run_training(cfg, out, progress=progress, compilation_cache=cache)
-    except OutDirConflict as e:
+    except (OutDirConflict, RunFolderBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

@@ -2,7 +2,10 @@
 # batch size, lr), trained together in one process. Training settings that are not in the path
 # are params, so changing them reruns the job; an interrupted job resumes from the checkpoint the
 # engine keeps in the run folder; a checkpoint (or run.json) the engine would refuse, written with
-# other training settings, is deleted first with a line in the log (valuescale.rundir).
+# other training settings, is deleted first with a line in the log (valuescale.rundir). The engine
+# replaces the job's shell (exec): a signal to the job reaches it and nothing outlives the job. It
+# writes the outputs only when the run is complete (progress.* beside the checkpoint until then)
+# and holds the run folder while it trains (a second engine on it stops, naming the holder).
 
 
 rule train:
@@ -28,4 +31,4 @@ rule train:
         " --width {wildcards.width} --batch-size {wildcards.batch_size} --lr {wildcards.lr}"
         " {params.args} {params.run_args} --threads {threads}';"
         " python -m valuescale.rundir $args > {log} 2>&1"
-        " && python -m valuescale.train $args >> {log} 2>&1"
+        " && exec python -m valuescale.train $args >> {log} 2>&1"

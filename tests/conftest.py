@@ -6,8 +6,8 @@
   the other tests run; the tests that read it are moved to the end of the run.
 - pytest-xdist (``-n``, in addopts): the controller process owns the scratch folder, the cache and
   the study build (it is idle otherwise); workers get the folder through ``workerinput`` and read
-  the built study from its record. Tests that share a module or session fixture with a costly
-  setup (a SLURM cluster, a reference run) carry one ``xdist_group`` so that one worker runs them.
+  the built study from its record. Tests are handed out one by one, except those of ``TOGETHER``,
+  which share a costly module or session fixture: one worker runs each of those groups.
 - ``published_dir`` / ``published_table``: the authors' published curve archives (read from
   ``../shared``, never copied).
 """
@@ -29,6 +29,33 @@ SHARED_STUDY = "default_study"
 _BUILD = pytest.StashKey[StudyBuild]()
 _SCRATCH = pytest.StashKey[Path]()
 _NEEDED = "default-study.needed"  # a worker collected tests of the shared study
+
+
+#: test files (or folders) whose tests one xdist worker runs together, and why
+TOGETHER = {
+    "tests/slurm/": "one SLURM cluster per run (session fixture slurm_cluster)",
+    "tests/test_cli.py": "the interrupt tests share one reference run",
+    "tests/test_rundir.py": "the resume tests share one real checkpoint",
+    "tests/test_pipeline.py": "the published-study fixture is built once",
+    "tests/test_workflow_dag.py": "the DAG tests share one touched study",
+}
+
+
+def _scope(nodeid: str) -> str:
+    """The unit an xdist worker takes: a group of ``TOGETHER``, else the test itself."""
+    return next((group for group in TOGETHER if nodeid.startswith(group)), nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    # xdist's own --dist loadgroup does nothing with pytest 9.2 (its nodeid suffix is ignored)
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Together(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return Together(config, log)
 
 
 def _worker(config: pytest.Config) -> bool:

@@ -17,9 +17,6 @@ import pytest
 
 from valuescale.train import build_parser, main
 
-# one worker: the interrupt tests share one reference run
-pytestmark = pytest.mark.xdist_group("cli")
-
 REPO = Path(__file__).resolve().parents[1]
 
 

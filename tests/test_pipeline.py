@@ -18,9 +18,6 @@ from valuescale.analysis.allocation import params_from_width
 from valuescale.analysis.ingest import CURVE_COLUMNS, import_published, write_table
 from valuescale.tasks import TASKS
 
-# one worker: the published-study fixture is built once
-pytestmark = pytest.mark.xdist_group("pipeline")
-
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 ENVS = ["h1-pole-v0", "humanoid-stand"]

@@ -17,9 +17,6 @@ from valuescale.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from valuescale.config import TrainConfig
 from valuescale.rundir import config_from_argv, discard_stale, main, stale_reason
 
-# one worker: the resume tests share one real checkpoint
-pytestmark = pytest.mark.xdist_group("rundir")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 CFG = TrainConfig(env="cartpole-balance", critic_width=16, steps=600, checkpoint_every=300)

@@ -20,9 +20,6 @@ import pytest
 import yaml
 from studies import snakemake
 
-# one worker: the DAG tests share one touched study
-pytestmark = pytest.mark.xdist_group("dag")
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
 

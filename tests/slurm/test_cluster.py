@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# one worker brings the cluster up and runs every SLURM test
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slurm
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 

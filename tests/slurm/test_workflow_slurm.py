@@ -28,9 +28,6 @@ from studies import (
     wait_for,
 )
 
-# one worker brings the cluster up and runs every SLURM test
-pytestmark = pytest.mark.xdist_group("slurm")
-
 REPO = Path(__file__).resolve().parents[2]
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
 

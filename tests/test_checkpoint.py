@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from valuescale.atomic import atomic_write_bytes
 from valuescale.checkpoint import (
     FORMAT_VERSION,
-    atomic_write_bytes,
     load_checkpoint,
     save_checkpoint,
     tree_from_numpy,

@@ -12,9 +12,10 @@ package's classes. The training loop stores:
 - environment snapshots (``env.get_state()`` of every train/eval/validation env), counters, logged
   rows and per-seed status.
 
-``save_checkpoint`` writes ``<path>.tmp`` (flushed and fsynced) and then ``os.replace``-s it onto
-``path``: a reader (or a run killed at any moment) sees either the previous checkpoint or the new
-one, never a partial file.
+``save_checkpoint`` writes through the package's one atomic writer (``valuescale.atomic``): a
+temporary file beside ``path``, flushed and fsynced, then ``os.replace``-d onto it, so a reader (or
+a run killed at any moment) sees either the previous checkpoint or the new one, never a partial
+file.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
+
+from valuescale.atomic import atomic_open
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pkl"
@@ -105,32 +108,9 @@ def run_folder_holder(out_dir: str | os.PathLike) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open ``<path>.tmp`` for binary writing; on success flush, fsync and ``os.replace`` it onto
-    ``path`` (on error the temporary file is removed and ``path`` is left untouched)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see ``atomic_open``)."""
-    with atomic_open(path) as f:
-        f.write(data)
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Atomically pickle ``payload`` (a dict; ``format`` is added) to ``path``."""
-    with atomic_open(path) as f:
+    with atomic_open(path, fsync=True) as f:
         pickle.dump({"format": FORMAT_VERSION, **payload}, f, protocol=5)
 
 

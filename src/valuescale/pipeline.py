@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -81,6 +80,7 @@ from valuescale.analysis.data_efficiency import (
 )
 from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, preprocess
 from valuescale.analysis.thresholds import compute_thresholds
+from valuescale.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -256,21 +256,6 @@ def _numeric(df: pd.DataFrame, columns: Sequence[str], path: PathLike) -> pd.Dat
     return out
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_outputs(outputs: Mapping[PathLike, pd.DataFrame | str]) -> None:
     """Write every output atomically; on failure remove the ones this call already wrote."""
     written: list[Path] = []
@@ -278,7 +263,7 @@ def _write_outputs(outputs: Mapping[PathLike, pd.DataFrame | str]) -> None:
         for path, content in outputs.items():
             p = Path(path)
             if isinstance(content, str):
-                _atomic_text(content, p)
+                atomic_write_text(p, content)
             else:
                 ingest_mod.write_table(content, p)
             written.append(p)

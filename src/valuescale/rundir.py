@@ -33,12 +33,7 @@ from valuescale.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
 
 log = logging.getLogger("valuescale.rundir")
 
-RUN_FILES: tuple[str, ...] = (
-    CHECKPOINT_NAME,
-    CHECKPOINT_NAME + ".tmp",
-    *OUTPUT_NAMES,
-    *PROGRESS_NAMES,
-)
+RUN_FILES: tuple[str, ...] = (CHECKPOINT_NAME, *OUTPUT_NAMES, *PROGRESS_NAMES)
 """What a stale run folder loses: the engine's state, progress and outputs (nothing else)."""
 
 
@@ -100,10 +95,11 @@ def discard_stale(out_dir: str | os.PathLike, cfg: TrainConfig) -> list[str]:
         return []
     removed = []
     for name in RUN_FILES:
-        path = out / name
-        if path.is_file():
-            path.unlink()
-            removed.append(str(path))
+        # the file and any temporary file a killed writer left of it (valuescale.atomic's names)
+        for path in (out / name, *out.glob(f".{name}.*.tmp")):
+            if path.is_file():
+                path.unlink()
+                removed.append(str(path))
     log.warning(
         "discarding stale state in %s: %s; removed %s",
         out,

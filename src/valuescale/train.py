@@ -61,12 +61,12 @@ from typing import Any
 
 import numpy as np
 
+from valuescale.atomic import atomic_write_bytes
 from valuescale.checkpoint import (
     CHECKPOINT_NAME,
     OUTPUT_NAMES,
     PROGRESS_NAMES,
     RunFolderBusy,
-    atomic_write_bytes,
     hold_run_folder,
     load_checkpoint,
     save_checkpoint,

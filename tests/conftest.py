@@ -88,8 +88,12 @@ def pytest_configure_node(node) -> None:  # xdist controller, per worker
     node.workerinput["valuescale_scratch"] = str(node.config.stash[_SCRATCH])
 
 
+def _study_dir(config: pytest.Config) -> Path:
+    return config.stash[_SCRATCH] / "default-study"
+
+
 def _start_build(config: pytest.Config) -> StudyBuild:
-    build = StudyBuild(config.stash[_SCRATCH] / "default-study").start()
+    build = StudyBuild(_study_dir(config)).start()
     config.stash[_BUILD] = build
     return build
 
@@ -129,7 +133,7 @@ def default_study(request: pytest.FixtureRequest) -> BuiltStudy:
     """The shared trained study (see ``studies.py``); read-only: copy it to change it."""
     config = request.config
     if _worker(config):
-        return wait_for_build(config.stash[_SCRATCH] / "default-study")
+        return wait_for_build(_study_dir(config))
     build = config.stash.get(_BUILD, None) or _start_build(config)  # None: collected lazily
     return build.result()
 

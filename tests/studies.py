@@ -149,8 +149,9 @@ class BuiltStudy:
         return [json.loads((d / "run.json").read_text()) for d in run_dirs(self.workdir)]
 
 
-#: the file next to the study's folder that says how its build ended (``StudyBuild.record``)
-RECORD_SUFFIX = ".build.json"
+def record_path(workdir: Path) -> Path:
+    """The file next to the study's folder that says how its build ended."""
+    return workdir.with_name(workdir.name + ".build.json")
 
 
 class StudyBuild:
@@ -162,7 +163,7 @@ class StudyBuild:
 
     def __init__(self, workdir: Path) -> None:
         self.study = BuiltStudy(workdir=workdir, config=shared_config())
-        self.record = workdir.with_name(workdir.name + RECORD_SUFFIX)
+        self.record = record_path(workdir)
         self.error: str | None = None
         self._proc: subprocess.Popen | None = None
         self._stopped = False
@@ -241,7 +242,7 @@ class StudyBuild:
 
 def wait_for_build(workdir: Path, timeout: float = 3600) -> BuiltStudy:
     """The shared study as another process built it: wait for its record, fail on its error."""
-    record = workdir.with_name(workdir.name + RECORD_SUFFIX)
+    record = record_path(workdir)
     deadline = time.monotonic() + timeout
     while not record.exists():
         assert time.monotonic() < deadline, f"the shared study was not built within {timeout} s"

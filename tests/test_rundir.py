@@ -149,9 +149,9 @@ def study(eval_interval: int) -> dict:
     }
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> str:
+def run_snakemake(workdir: Path, config: dict, *args: str) -> str:
     """``snakemake -c1`` to completion; its output."""
-    proc = snakemake(workdir, config, "-c1", *args, timeout=300, env=env)
+    proc = snakemake(workdir, config, "-c1", *args, timeout=300)
     return proc.stdout + proc.stderr
 
 

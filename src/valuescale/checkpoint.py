@@ -47,11 +47,17 @@ class RunFolderBusy(RuntimeError):
     """Another live process holds the run folder (``hold_run_folder``)."""
 
 
-def _busy_message(out: Path, holder: str) -> str:
+def busy_message(out: Path, holder: str) -> str:
+    """What a process that finds ``out`` held by the process ``holder`` (its pid) says."""
     return (
         f"run folder {out} is held by a live engine (pid {holder or 'unknown'}), which is still "
         "training there: let it finish or stop it, then start again"
     )
+
+
+def _pid_in(fd: int) -> str:
+    """The pid a holder wrote into the lock file open at ``fd`` ("" when none yet)."""
+    return os.pread(fd, 32, 0).decode().strip()
 
 
 @contextlib.contextmanager
@@ -70,9 +76,9 @@ def hold_run_folder(out_dir: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode().strip()
+            holder = _pid_in(fd)
             os.close(fd)
-            raise RunFolderBusy(_busy_message(out, holder)) from None
+            raise RunFolderBusy(busy_message(out, holder)) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:  # its holder removed it between our open and our lock
@@ -102,7 +108,7 @@ def run_folder_holder(out_dir: str | os.PathLike) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode().strip() or "unknown"
+        return _pid_in(fd) or "unknown"
     finally:
         os.close(fd)
     return None

@@ -26,6 +26,7 @@ from valuescale.checkpoint import (
     CHECKPOINT_NAME,
     OUTPUT_NAMES,
     PROGRESS_NAMES,
+    busy_message,
     load_checkpoint,
     run_folder_holder,
 )
@@ -141,11 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     holder = run_folder_holder(out)
     if holder is not None:
-        print(
-            f"error: run folder {out} is held by a live engine (pid {holder}), which is still "
-            "training there: let it finish or stop it, then start again",
-            file=sys.stderr,
-        )
+        print(f"error: {busy_message(Path(out), holder)}", file=sys.stderr)
         return 2
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

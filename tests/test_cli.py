@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -116,67 +117,52 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_sigkill_and_resume_gives_identical_curves(tmp_path: Path, reference: Path) -> None:
-    killed = tmp_path / "killed"
-    cache_args = ("--compilation-cache", str(reference / "xla-cache"))
-    reference = reference / "run"
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "valuescale.train", *RESUME_ARGS, *cache_args, "--out", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    checkpoint = killed / "checkpoint.pkl"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert proc.poll() is None, "the run ended before writing a checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    # an unfinished run leaves no output (the train rule's) under its name, only its progress
-    assert not (killed / "run.json").exists() and not (killed / "curves.parquet").exists()
-
-    resumed = _cli(*RESUME_ARGS, *cache_args, "--out", str(killed))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    summary = json.loads((killed / "run.json").read_text())
-    assert summary["complete"] and summary["resumed_at_steps"] == [700]
-    assert summary["reset_steps"] == [900, 1800]
-    assert summary["cpu_cores"] == 1  # --threads 1 pinned the process
-    assert not checkpoint.exists()
-    a = pd.read_parquet(reference / "curves.parquet")
-    b = pd.read_parquet(killed / "curves.parquet")
-    assert {"return", "critic_loss", "validation_critic_loss"} <= set(a["metric"])
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    ref_summary = json.loads((reference / "run.json").read_text())
-    for key in ("gradient_steps", "env_steps", "reset_steps", "critic_params", "seeds"):
-        assert summary[key] == ref_summary[key], key
-
-
-@pytest.mark.slow
-def test_sigterm_checkpoints_the_current_step_and_resume_gives_identical_curves(
-    tmp_path: Path, reference: Path
-) -> None:
-    """scancel and preemption send SIGTERM: the engine writes a checkpoint at the step it is at
-    (not only every checkpoint_every steps), exits 128 + 15, and a restart continues bit for bit."""
-    stopped = tmp_path / "stopped"
-    cache_args = ("--compilation-cache", str(reference / "xla-cache"))
-    reference = reference / "run"
-
-    cmd = [sys.executable, "-m", "valuescale.train", *RESUME_ARGS, *cache_args]
-    proc = subprocess.Popen(
-        [*cmd, "--out", str(stopped)],
+def _start(out: Path, cache: Path) -> subprocess.Popen:
+    """The engine on RESUME_ARGS in the background, its log lines piped."""
+    cmd = [sys.executable, "-m", "valuescale.train", *RESUME_ARGS]
+    return subprocess.Popen(
+        [*cmd, "--compilation-cache", str(cache), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
     )
-    checkpoint = stopped / "checkpoint.pkl"
-    # The engine logs a line after each evaluation (every 500 steps); the first line past the
-    # regular checkpoint at step 700 says it is training beyond it, however slow the machine.
+
+
+def _wait(proc: subprocess.Popen, done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 300
+    while not done():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within 300 s"
+        time.sleep(0.02)
+
+
+def _no_outputs_yet(out: Path) -> None:
+    """An unfinished run leaves no output (the train rule's) under its name, only its progress."""
+    assert not (out / "run.json").exists() and not (out / "curves.parquet").exists()
+    assert not json.loads((out / "progress.json").read_text())["complete"]
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_and_two_resumes_give_identical_curves(
+    tmp_path: Path, reference: Path
+) -> None:
+    """The two ways a job dies, one after the other on one run folder:
+
+    - SIGTERM (scancel, preemption): the engine writes a checkpoint at the step it is at (not only
+      every checkpoint_every steps), exits 128 + 15; a restart continues from that step;
+    - SIGKILL (OOM killer, power cut) of that restarted run after its next regular checkpoint
+      (step 1400): a second restart continues from there.
+
+    The finished curves are the uninterrupted reference's, bit for bit."""
+    out = tmp_path / "run"
+    cache = reference / "xla-cache"
+    reference = reference / "run"
+    checkpoint = out / "checkpoint.pkl"
+
+    # 1. SIGTERM once the engine logs a step past its regular checkpoint at 700 (log lines come
+    # after each evaluation, every 500 steps), however slow the machine
+    proc = _start(out, cache)
     lines: list[str] = []
     past_checkpoint = threading.Event()
 
@@ -190,11 +176,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_gives_identical_curves(
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 300
-    while not past_checkpoint.is_set():
-        assert proc.poll() is None, "the run ended before passing its checkpoint at step 700"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _wait(proc, past_checkpoint.is_set, "passing its checkpoint at step 700")
     assert checkpoint.exists()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
@@ -202,25 +184,40 @@ def test_sigterm_checkpoints_the_current_step_and_resume_gives_identical_curves(
     stderr = "".join(lines)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "stopped by SIGTERM at env step" in stderr
-    assert not (stopped / "run.json").exists() and not (stopped / "curves.parquet").exists()
-    partial = json.loads((stopped / "progress.json").read_text())
-    assert not partial["complete"]
-    stopped_at = partial["env_steps"]
-    assert 700 < stopped_at < 2000, stopped_at
-    so_far = pd.read_parquet(stopped / "progress.parquet")
-    assert so_far["step"].max() <= stopped_at
+    _no_outputs_yet(out)
+    stopped_at = json.loads((out / "progress.json").read_text())["env_steps"]
+    assert 700 < stopped_at < 1400, stopped_at
+    assert pd.read_parquet(out / "progress.parquet")["step"].max() <= stopped_at
 
-    resumed = _cli(*RESUME_ARGS, *cache_args, "--out", str(stopped))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    summary = json.loads((stopped / "run.json").read_text())
-    assert summary["complete"] and summary["resumed_at_steps"] == [stopped_at]
-    assert not checkpoint.exists()
-    assert not (stopped / "progress.json").exists() and not (stopped / "progress.parquet").exists()
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(reference / "curves.parquet"),
-        pd.read_parquet(stopped / "curves.parquet"),
-        check_exact=True,
+    # 2. restart, SIGKILL once it has replaced that checkpoint by the one of step 1400
+    stopped_inode = checkpoint.stat().st_ino
+    proc = _start(out, cache)
+    _wait(
+        proc,
+        lambda: checkpoint.exists() and checkpoint.stat().st_ino != stopped_inode,
+        "writing its checkpoint at step 1400",
     )
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    _no_outputs_yet(out)
+
+    # 3. restart: it finishes
+    resumed = _cli(*RESUME_ARGS, "--compilation-cache", str(cache), "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["complete"] and summary["resumed_at_steps"] == [stopped_at, 1400]
+    assert summary["reset_steps"] == [900, 1800]
+    assert summary["cpu_cores"] == 1  # --threads 1 pinned the process
+    assert not checkpoint.exists()
+    assert not (out / "progress.json").exists() and not (out / "progress.parquet").exists()
+    a = pd.read_parquet(reference / "curves.parquet")
+    b = pd.read_parquet(out / "curves.parquet")
+    assert {"return", "critic_loss", "validation_critic_loss"} <= set(a["metric"])
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    ref_summary = json.loads((reference / "run.json").read_text())
+    for key in ("gradient_steps", "env_steps", "reset_steps", "critic_params", "seeds"):
+        assert summary[key] == ref_summary[key], key
 
 
 def test_a_folder_held_by_a_live_engine_is_left_alone_by_the_engine_and_rundir(

@@ -249,5 +249,7 @@ def test_short_run_learns(tmp_path: Path) -> None:
     final = df[(df.metric == "return") & (df.step == 25_000)].set_index("seed")["value"]
     random_return = _random_return("cartpole-balance", [0, 1, 2, 3], 1_000)
     assert 250 < random_return < 600  # the random baseline of this task (~400)
-    assert final.mean() > random_return + 300, (final.to_dict(), random_return)
+    # learnt returns still swing by +-200 between evaluations 5k steps apart at this length
+    # (one run: 766, 588, 678 at 15k, 20k, 25k), so the bar is well above random, not a level
+    assert final.mean() > random_return + 200, (final.to_dict(), random_return)
     assert (final > random_return + 150).all(), (final.to_dict(), random_return)

@@ -218,13 +218,6 @@ class TrainConfig:
         return math.floor(max(0, env_steps_after_warmup) * self.utd_fraction)
 
     @property
-    def update_counts(self) -> tuple[int, ...]:
-        """The distinct non-zero per-step update counts (one compiled step variant each)."""
-        sigma = self.utd_fraction
-        counts = {math.floor(sigma), math.ceil(sigma)} - {0}
-        return tuple(sorted(counts))
-
-    @property
     def reset_every_env_steps(self) -> int:
         """Env steps between resets, ``round(reset_interval / utd)`` (0: no resets)."""
         if self.reset_interval == 0:

@@ -3,11 +3,13 @@
 One process trains all seeds of one cell (env x hyperparameters). The agent states and replays
 carry a leading seed axis; every env step is ONE jitted, vmapped call with the carry donated::
 
-    insert the transition -> update_n (n = updates due now, static) -> next actions
+    insert the transition -> update_n (n = updates due now) -> next actions
 
 (only the next actions come back to the host). Per-step update counts follow
-``TrainConfig.updates_at`` (fractional UTD: the update variant every 1/sigma steps, an
-insert-and-act variant otherwise). Warm-up steps use uniform random actions and no updates.
+``TrainConfig.updates_at`` (fractional UTD: 0 or 1 updates at sigma < 1, floor or ceil above).
+Warm-up steps use uniform random actions and no updates. The update count and the
+policy-or-random choice are arguments of the one compiled step function, not constants of it: a
+run compiles it once, and runs of the same shapes at other UTD ratios share its cache entry.
 
 Schedule at env step t (after the fused call): validation step (every ``validation_every``) ->
 training-metric flush (every ``log_interval``: per-seed means over the interval, fetched from the
@@ -153,29 +155,28 @@ class _Device:
         bcfg, d = self.bcfg, obs_dim
         vinsert = jax.vmap(replay_insert)
 
-        def next_action(agent, key, obs, policy: bool):
+        def next_action(agent, key, obs, policy):
+            """The policy's sample where ``policy`` (a traced bool), else uniform in [-1, 1]."""
             keys = jax.vmap(jax.random.split)(key)
             key, k_act = keys[:, 0], keys[:, 1]
-            if policy:
-                action = jax.vmap(lambda s, o, k: bro.act(s, o, k, False))(agent, obs, k_act)
-            else:
-                action = jax.vmap(
-                    lambda k: jax.random.uniform(k, (act_dim,), jnp.float32, -1.0, 1.0)
-                )(k_act)
-            return key, action
+            sampled = jax.vmap(lambda s, o, k: bro.act(s, o, k, False))(agent, obs, k_act)
+            uniform = jax.vmap(lambda k: jax.random.uniform(k, (act_dim,), jnp.float32, -1.0, 1.0))(
+                k_act
+            )
+            return key, jnp.where(policy, sampled, uniform)
 
-        def fused(carry, packed, n: int, policy: bool):
+        def fused(carry, packed, n, policy):
             reward, mask = packed[:, 0], packed[:, 1]
             next_obs, policy_obs = packed[:, 2 : 2 + d], packed[:, 2 + d :]
             replay = vinsert(carry["replay"], carry["obs"], carry["action"], reward, mask, next_obs)
             t = carry["t"] + 1
             agent, sums, count, bad = carry["agent"], carry["sums"], carry["count"], carry["bad"]
-            if n > 0:
-                agent, info = jax.vmap(lambda s, r: bro.update_n(s, r, bcfg, n))(agent, replay)
-                finite = jnp.isfinite(info["critic_loss"]) & jnp.isfinite(info["actor_loss"])
-                bad = jnp.where((bad < 0) & ~finite, t, bad)
-                sums = {k: sums[k] + info[k] * n for k in sums}
-                count = count + n
+            # n = 0 (warm-up, or a step without update at sigma < 1): zero info, nothing changes
+            agent, info = jax.vmap(lambda s, r: bro.update_n(s, r, bcfg, n))(agent, replay)
+            finite = jnp.isfinite(info["critic_loss"]) & jnp.isfinite(info["actor_loss"])
+            bad = jnp.where((bad < 0) & ~finite, t, bad)
+            sums = {k: sums[k] + info[k] * n for k in sums}
+            count = count + n
             key, action = next_action(agent, carry["key"], policy_obs, policy)
             return dict(
                 carry,
@@ -190,53 +191,46 @@ class _Device:
                 bad=bad,
             )
 
-        def refresh_action(carry, policy: bool):
+        def refresh_action(carry, policy):
             key, action = next_action(carry["agent"], carry["key"], carry["obs"], policy)
             return dict(carry, key=key, action=action)
 
-        def val_act(val, agent, policy: bool):
+        def val_act(val, agent, policy):
             key, action = next_action(agent, val["key"], val["obs"], policy)
             return dict(val, key=key, action=action)
 
-        def val_insert(val, agent, packed, compute_loss: bool):
+        def val_insert(val, agent, packed, compute_loss):
+            """Insert; where ``compute_loss`` (a traced bool), also accumulate TD losses."""
             reward, mask = packed[:, 0], packed[:, 1]
             next_obs, new_obs = packed[:, 2 : 2 + d], packed[:, 2 + d :]
             replay = vinsert(val["replay"], val["obs"], val["action"], reward, mask, next_obs)
-            out = dict(val, replay=replay, obs=new_obs)
-            if compute_loss:
-                keys = jax.vmap(jax.random.split)(val["key"])
-                batch = jax.vmap(lambda r, k: replay_sample(r, k, bcfg.batch_size))(
-                    replay, keys[:, 1]
-                )
-                info = jax.vmap(lambda s, b: bro.td_losses(s, b, bcfg))(agent, batch)
-                named = {"validation_critic_loss": info["critic_loss"]}
-                if "passive_critic_loss" in info:
-                    named["passive_validation_critic_loss"] = info["passive_critic_loss"]
-                out["key"] = keys[:, 0]
-                out["sums"] = {k: val["sums"][k] + named[k] for k in val["sums"]}
-                out["count"] = val["count"] + 1
-            return out
+            keys = jax.vmap(jax.random.split)(val["key"])
+            batch = jax.vmap(lambda r, k: replay_sample(r, k, bcfg.batch_size))(replay, keys[:, 1])
+            info = jax.vmap(lambda s, b: bro.td_losses(s, b, bcfg))(agent, batch)
+            named = {"validation_critic_loss": info["critic_loss"]}
+            if "passive_critic_loss" in info:
+                named["passive_validation_critic_loss"] = info["passive_critic_loss"]
+            return dict(
+                val,
+                replay=replay,
+                obs=new_obs,
+                key=jnp.where(compute_loss, keys[:, 0], val["key"]),
+                sums={
+                    k: jnp.where(compute_loss, val["sums"][k] + named[k], val["sums"][k])
+                    for k in val["sums"]
+                },
+                count=val["count"] + compute_loss.astype(jnp.int32),
+            )
 
         dummy = jax.random.PRNGKey(0)
 
         def eval_act(agent, obs):
             return jax.vmap(lambda s, o: bro.act(s, o, dummy, True))(agent, obs)
 
-        self._fused = {
-            (n, p): jax.jit(lambda c, x, n=n, p=p: fused(c, x, n, p), donate_argnums=0)
-            for n in (0, *cfg.update_counts)
-            for p in (False, True)
-        }
-        self._refresh = {
-            p: jax.jit(lambda c, p=p: refresh_action(c, p), donate_argnums=0) for p in (0, 1)
-        }
-        self._val_act = {
-            p: jax.jit(lambda v, a, p=p: val_act(v, a, p), donate_argnums=0) for p in (0, 1)
-        }
-        self._val_insert = {
-            c: jax.jit(lambda v, a, x, c=c: val_insert(v, a, x, c), donate_argnums=0)
-            for c in (0, 1)
-        }
+        self._fused = jax.jit(fused, donate_argnums=0)
+        self._refresh = jax.jit(refresh_action, donate_argnums=0)
+        self._val_act = jax.jit(val_act, donate_argnums=0)
+        self._val_insert = jax.jit(val_insert, donate_argnums=0)
         self.eval_act = jax.jit(eval_act)
 
     # ----------------------------------------------------------------- builders
@@ -301,19 +295,19 @@ class _Device:
 
     def fused(self, carry: dict, packed: np.ndarray, n: int, policy: bool) -> dict:
         """Insert the transition, run ``n`` updates, compute the next actions (donates carry)."""
-        return self._fused[(n, policy)](carry, packed)
+        return self._fused(carry, packed, np.int32(n), np.bool_(policy))
 
     def refresh(self, carry: dict, policy: bool) -> dict:
         """Recompute the pending actions with the current agent (after a reset)."""
-        return self._refresh[int(policy)](carry)
+        return self._refresh(carry, np.bool_(policy))
 
     def val_act(self, val: dict, agent: Any, policy: bool) -> dict:
         """Compute the validation envs' next actions."""
-        return self._val_act[int(policy)](val, agent)
+        return self._val_act(val, agent, np.bool_(policy))
 
     def val_insert(self, val: dict, agent: Any, packed: np.ndarray, compute_loss: bool) -> dict:
         """Insert validation transitions (and accumulate validation TD losses)."""
-        return self._val_insert[int(compute_loss)](val, agent, packed)
+        return self._val_insert(val, agent, packed, np.bool_(compute_loss))
 
     def critic_params(self, agent: Any) -> tuple[int, int]:
         """(critic, passive critic) parameter counts from seed 0's parameter tree."""

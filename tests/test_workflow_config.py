@@ -1,7 +1,8 @@
 """Bad workflow configs fail before any job starts, with a message naming the offending key.
 
-Each case runs `snakemake -n` on a tiny study in a scratch directory (the real Snakefile, a config
-written to the scratch directory) and checks the exit status and the key in the error message.
+Snakemake loads each case's config (the real Snakefile; all cases in one Snakemake process, see
+``studies.load_workflows``) and the error must name the key; one case also goes through the
+``snakemake -n`` command line (exit status, message, no DAG).
 A valid control config must dry-run, so the failures are about the mutated key.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from studies import snakemake
+from studies import load_workflows, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
@@ -140,26 +141,49 @@ BAD_CASES = {
 }
 
 
+def _local_source_lacking_a_required_zip(root: Path) -> dict:
+    source = root / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    return mutate("published", {"zips": {"fitted_bs": {}}}) | {"published_source": str(source)}
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory) -> dict[str, tuple[Path, str | None]]:
+    """Every bad case loaded by Snakemake (one process for all): its workdir and its error."""
+    root = tmp_path_factory.mktemp("bad-configs")
+    cases = {name: (root / name, config) for name, (config, _) in BAD_CASES.items()}
+    local = root / "local_source_lacking_a_required_zip"
+    cases[local.name] = (local, _local_source_lacking_a_required_zip(root))
+    errors = load_workflows(cases)
+    return {name: (cases[name][0], errors[name]) for name in cases}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_config_fails_naming_the_key(tmp_path, case):
-    config, needles = BAD_CASES[case]
+def test_bad_config_fails_naming_the_key(loaded, case):
+    workdir, error = loaded[case]
+    assert error is not None, f"{case} was accepted"
+    # the workflow's own check (a ValueError naming the key), not a crash elsewhere
+    assert "ValueError: invalid config key" in error, error[-3000:]
+    for needle in BAD_CASES[case][1]:
+        assert needle in error, f"{case}: {needle!r} not in:\n{error[-3000:]}"
+    # it failed while loading the config: nothing was written
+    assert not (workdir / "results").exists()
+
+
+def test_local_source_lacking_a_required_zip_fails(loaded):
+    _, error = loaded["local_source_lacking_a_required_zip"]
+    assert error is not None and "published.zips.fitted_bs" in error
+
+
+def test_a_bad_config_fails_the_snakemake_command_before_any_job(tmp_path):
+    """The command line's view of one bad case: exit status, the key in its error, no DAG."""
+    config, needles = BAD_CASES["utd_zero"]
     proc = dry_run(tmp_path, config)
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, f"{case} was accepted:\n{output[-2000:]}"
-    for needle in needles:
-        assert needle in output, f"{case}: {needle!r} not in:\n{output[-2000:]}"
-    # it failed while loading the config: no DAG, no job
+    assert proc.returncode != 0, output[-2000:]
+    assert all(needle in output for needle in needles), output[-2000:]
     assert "Job stats" not in output and "Building DAG" not in output
     assert not (tmp_path / "results").exists()
-
-
-def test_local_source_lacking_a_required_zip_fails(tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    config = mutate("published", {"zips": {"fitted_bs": {}}}) | {"published_source": str(source)}
-    proc = dry_run(tmp_path, config)
-    assert proc.returncode != 0
-    assert "published.zips.fitted_bs" in proc.stdout + proc.stderr
 
 
 # --------------------------------------------------------------------------- schema vs engine

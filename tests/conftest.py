@@ -128,6 +128,56 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- CPU time per test
+# Under xdist, tests share 2 cores with other workers and the study build, so their wall times
+# (--durations) say little about cost; the suite is bound by CPU. Each test's CPU time (its
+# process and the children it waited for, setup and teardown included) is sent with its teardown
+# report and printed at the end, with the controller's own (the shared study build).
+
+_CPU_START = pytest.StashKey[float]()
+_ROWS: list[tuple[float, str]] = []  # (CPU s, test), collected where the reports arrive
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_CPU_START] = _cpu_seconds()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "teardown" and _CPU_START in item.stash:
+        report.user_properties.append(("cpu_s", _cpu_seconds() - item.stash[_CPU_START]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, value in report.user_properties:
+        if key == "cpu_s" and report.when == "teardown":
+            _ROWS.append((value, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if _worker(config) or not _ROWS:
+        return
+    rows = sorted(_ROWS, reverse=True)
+    write = terminalreporter.write_line
+    terminalreporter.section("CPU time per test (s; process and waited-for children)")
+    for seconds, nodeid in rows[:30]:
+        write(f"{seconds:8.1f}  {nodeid}")
+    write(f"{sum(s for s, _ in rows):8.1f}  all {len(rows)} tests")
+    write(f"{_cpu_seconds():8.1f}  the controller (collection, the shared study build)")
+
+
 @pytest.fixture(scope="session")
 def default_study(request: pytest.FixtureRequest) -> BuiltStudy:
     """The shared trained study (see ``studies.py``); read-only: copy it to change it."""

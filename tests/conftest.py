@@ -132,7 +132,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # Under xdist, tests share 2 cores with other workers and the study build, so their wall times
 # (--durations) say little about cost; the suite is bound by CPU. Each test's CPU time (its
 # process and the children it waited for, setup and teardown included) is sent with its teardown
-# report and printed at the end, with the controller's own (the shared study build).
+# report and printed at the end, with the run's total (the process that prints it has waited for
+# every worker) and what lies outside the tests (mostly the shared study build).
 
 _CPU_START = pytest.StashKey[float]()
 _ROWS: list[tuple[float, str]] = []  # (CPU s, test), collected where the reports arrive
@@ -174,8 +175,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     terminalreporter.section("CPU time per test (s; process and waited-for children)")
     for seconds, nodeid in rows[:30]:
         write(f"{seconds:8.1f}  {nodeid}")
-    write(f"{sum(s for s, _ in rows):8.1f}  all {len(rows)} tests")
-    write(f"{_cpu_seconds():8.1f}  the controller (collection, the shared study build)")
+    in_tests, whole = sum(s for s, _ in rows), _cpu_seconds()
+    write(f"{in_tests:8.1f}  all {len(rows)} tests")
+    # this process and every child it waited for: the xdist workers, the shared study build
+    write(f"{whole - in_tests:8.1f}  outside the tests (the shared study build, start-up)")
+    write(f"{whole:8.1f}  the whole run")
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,12 @@ def shared_config() -> dict:
     return config
 
 
+def write_config(config: dict, path: Path) -> Path:
+    """``config`` as the YAML file ``path`` that Snakemake reads with ``--configfile``."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def snakemake_cmd(
     workdir: Path, config: dict, *args: str, config_file: Path | None = None
 ) -> list[str]:
@@ -60,8 +66,7 @@ def snakemake_cmd(
     ``config_file`` (default ``workdir/study.yaml``; give another one to leave ``workdir`` as it
     is)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = config_file or workdir / "study.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    cfg = write_config(config, config_file or workdir / "study.yaml")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
     # ``args`` first: --configfile takes several values and would swallow targets after it
     return cmd + [*args, "--directory", str(workdir), "--configfile", str(cfg)]
@@ -75,8 +80,7 @@ def load_workflows(cases: dict[str, tuple[Path, dict]]) -> dict[str, str | None]
     listed = []
     for workdir, config in cases.values():
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        listed.append([str(workdir), str(workdir / "study.yaml")])
+        listed.append([str(workdir), str(write_config(config, workdir / "study.yaml"))])
     spec = next(iter(cases.values()))[0].parent / "load-cases.json"
     spec.write_text(json.dumps(listed))
     script = Path(__file__).with_name("snakemake_load.py")

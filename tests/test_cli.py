@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from studies import wait_for
 
 from valuescale.train import build_parser, main
 
@@ -129,14 +128,6 @@ def _start(out: Path, cache: Path) -> subprocess.Popen:
     )
 
 
-def _wait(proc: subprocess.Popen, done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 300
-    while not done():
-        assert proc.poll() is None, f"the run ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} within 300 s"
-        time.sleep(0.02)
-
-
 def _no_outputs_yet(out: Path) -> None:
     """An unfinished run leaves no output (the train rule's) under its name, only its progress."""
     assert not (out / "run.json").exists() and not (out / "curves.parquet").exists()
@@ -176,7 +167,7 @@ def test_sigterm_then_sigkill_and_two_resumes_give_identical_curves(
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    _wait(proc, past_checkpoint.is_set, "passing its checkpoint at step 700")
+    wait_for(past_checkpoint.is_set, proc, 300, "passing its checkpoint at step 700")
     assert checkpoint.exists()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
@@ -192,9 +183,10 @@ def test_sigterm_then_sigkill_and_two_resumes_give_identical_curves(
     # 2. restart, SIGKILL once it has replaced that checkpoint by the one of step 1400
     stopped_inode = checkpoint.stat().st_ino
     proc = _start(out, cache)
-    _wait(
-        proc,
+    wait_for(
         lambda: checkpoint.exists() and checkpoint.stat().st_ino != stopped_inode,
+        proc,
+        300,
         "writing its checkpoint at step 1400",
     )
     os.kill(proc.pid, signal.SIGKILL)

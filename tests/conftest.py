@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from studies import BuiltStudy, StudyBuild, wait_for_build
+from studies import SERVER, BuiltStudy, StudyBuild, wait_for_build
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STUDY = "default_study"
@@ -118,6 +118,7 @@ def pytest_xdist_node_collection_finished(node, ids) -> None:  # xdist controlle
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    SERVER.stop()  # reaped here, so that the run's CPU total includes it
     if _worker(config):
         return  # the controller stops the build and removes the scratch folder
     build = config.stash.get(_BUILD, None)
@@ -133,7 +134,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # (--durations) say little about cost; the suite is bound by CPU. Each test's CPU time (its
 # process and the children it waited for, setup and teardown included) is sent with its teardown
 # report and printed at the end, with the run's total (the process that prints it has waited for
-# every worker) and what lies outside the tests (mostly the shared study build).
+# every worker) and what lies outside the tests (mostly the shared study build). The Snakemake
+# runs of a test (studies.SERVER) count for it too.
 
 _CPU_START = pytest.StashKey[float]()
 _ROWS: list[tuple[float, str]] = []  # (CPU s, test), collected where the reports arrive
@@ -145,7 +147,8 @@ def _cpu_seconds() -> float:
     own, children = (
         resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    # + the Snakemake runs of studies.SERVER, a child process not yet waited for
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + SERVER.cpu_s
 
 
 @pytest.hookimpl(tryfirst=True)

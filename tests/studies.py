@@ -12,12 +12,14 @@ tests that read it run last. Tests that change it work on a copy (``copy_study``
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,26 +74,58 @@ def snakemake_cmd(
     return cmd + [*args, "--directory", str(workdir), "--configfile", str(cfg)]
 
 
-def load_workflows(cases: dict[str, tuple[Path, dict]]) -> dict[str, str | None]:
-    """Load the workflow with each ``(workdir, config)`` of ``cases`` (written to
-    ``workdir/study.yaml``), reading the Snakefile and running its config checks but building no
-    DAG, all in one Snakemake process (``snakemake_load.py``): per case, None when it loaded,
-    else the error with its traceback."""
-    listed = []
-    for workdir, config in cases.values():
-        workdir.mkdir(parents=True, exist_ok=True)
-        listed.append([str(workdir), str(write_config(config, workdir / "study.yaml"))])
-    spec = next(iter(cases.values()))[0].parent / "load-cases.json"
-    spec.write_text(json.dumps(listed))
-    script = Path(__file__).with_name("snakemake_load.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(SNAKEFILE), str(spec)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(zip(cases, json.loads(proc.stdout.splitlines()[-1]), strict=True))
+class _Server:
+    """This test process's ``snakemake_server.py``: Snakemake's command line without the imports
+    that each ``python -m snakemake`` repeats (started on first use, one request at a time)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self.cpu_s = 0.0  # CPU time of the runs served (their processes and jobs)
+
+    def _start(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            script = Path(__file__).with_name("snakemake_server.py")
+            self._proc = subprocess.Popen(
+                [sys.executable, str(script)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            assert json.loads(self._proc.stdout.readline()) == {"ready": True}
+            atexit.register(self.stop)
+        return self._proc
+
+    def run(self, argv: list[str], cwd: Path, env: dict | None, timeout: float | None) -> tuple:
+        """(returncode, stdout, stderr) of ``snakemake ARGV``; TimeoutExpired past ``timeout``."""
+        with self._lock, tempfile.TemporaryDirectory(prefix="snakemake-run-") as tmp:
+            out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+            request = {
+                "argv": argv,
+                "cwd": str(cwd),
+                "env": dict(os.environ if env is None else env),
+                "stdout": str(out),
+                "stderr": str(err),
+                "timeout": timeout,
+            }
+            proc = self._start()
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline())
+            self.cpu_s += answer["cpu_s"]
+            stdout, stderr = out.read_text(), err.read_text()
+        if answer["timed_out"]:
+            raise subprocess.TimeoutExpired(["snakemake", *argv], timeout, stdout, stderr)
+        return answer["returncode"], stdout, stderr
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+
+
+SERVER = _Server()
 
 
 def snakemake(
@@ -103,15 +137,12 @@ def snakemake(
     env: dict | None = None,
     config_file: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run Snakemake to completion; with ``check``, fail with its output unless it exits 0."""
-    proc = subprocess.run(
-        snakemake_cmd(workdir, config, *args, config_file=config_file),
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        timeout=timeout,
-        env=env,
-    )
+    """Run ``snakemake ARGS`` to completion in ``workdir`` (through ``SERVER``: the command line
+    in a process of its own); with ``check``, fail with its output unless it exits 0."""
+    cmd = snakemake_cmd(workdir, config, *args, config_file=config_file)
+    argv = cmd[3:]  # after ``python -m snakemake``
+    returncode, stdout, stderr = SERVER.run(argv, workdir, env, timeout)
+    proc = subprocess.CompletedProcess(cmd, returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc

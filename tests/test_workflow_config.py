@@ -1,8 +1,7 @@
 """Bad workflow configs fail before any job starts, with a message naming the offending key.
 
-Snakemake loads each case's config (the real Snakefile; all cases in one Snakemake process, see
-``studies.load_workflows``) and the error must name the key; one case also goes through the
-``snakemake -n`` command line (exit status, message, no DAG).
+Each case is dry-run through the ``snakemake -n`` command line (``studies.snakemake``): it must
+exit non-zero with the workflow's own error naming the key, before any DAG is built.
 A valid control config must dry-run, so the failures are about the mutated key.
 """
 
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from studies import load_workflows, snakemake
+from studies import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PUBLISHED = ROOT.parent / "shared" / "data" / "published"
@@ -147,43 +146,28 @@ def _local_source_lacking_a_required_zip(root: Path) -> dict:
     return mutate("published", {"zips": {"fitted_bs": {}}}) | {"published_source": str(source)}
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory) -> dict[str, tuple[Path, str | None]]:
-    """Every bad case loaded by Snakemake (one process for all): its workdir and its error."""
-    root = tmp_path_factory.mktemp("bad-configs")
-    cases = {name: (root / name, config) for name, (config, _) in BAD_CASES.items()}
-    local = root / "local_source_lacking_a_required_zip"
-    cases[local.name] = (local, _local_source_lacking_a_required_zip(root))
-    errors = load_workflows(cases)
-    return {name: (cases[name][0], errors[name]) for name in cases}
-
-
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_config_fails_naming_the_key(loaded, case):
-    workdir, error = loaded[case]
-    assert error is not None, f"{case} was accepted"
-    # the workflow's own check (a ValueError naming the key), not a crash elsewhere
-    assert "ValueError: invalid config key" in error, error[-3000:]
-    for needle in BAD_CASES[case][1]:
-        assert needle in error, f"{case}: {needle!r} not in:\n{error[-3000:]}"
-    # it failed while loading the config: nothing was written
-    assert not (workdir / "results").exists()
+def test_bad_config_fails_naming_the_key(tmp_path, case):
+    config, needles = BAD_CASES[case]
+    _fails_before_any_job(tmp_path, config, needles)
 
 
-def test_local_source_lacking_a_required_zip_fails(loaded):
-    _, error = loaded["local_source_lacking_a_required_zip"]
-    assert error is not None and "published.zips.fitted_bs" in error
+def test_local_source_lacking_a_required_zip_fails(tmp_path):
+    config = _local_source_lacking_a_required_zip(tmp_path)
+    _fails_before_any_job(tmp_path / "work", config, ["published.zips.fitted_bs"])
 
 
-def test_a_bad_config_fails_the_snakemake_command_before_any_job(tmp_path):
-    """The command line's view of one bad case: exit status, the key in its error, no DAG."""
-    config, needles = BAD_CASES["utd_zero"]
-    proc = dry_run(tmp_path, config)
+def _fails_before_any_job(workdir: Path, config: dict, needles: list[str]) -> None:
+    """``snakemake -n`` with ``config`` exits non-zero with the workflow's own error (a ValueError
+    naming the key, not a crash elsewhere) while loading the config: no DAG, nothing written."""
+    proc = dry_run(workdir, config)
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-2000:]
-    assert all(needle in output for needle in needles), output[-2000:]
-    assert "Job stats" not in output and "Building DAG" not in output
-    assert not (tmp_path / "results").exists()
+    assert proc.returncode != 0, f"accepted:\n{output[-2000:]}"
+    assert "ValueError in file" in output and "invalid config key" in output, output[-3000:]
+    for needle in needles:
+        assert needle in output, f"{needle!r} not in:\n{output[-3000:]}"
+    assert "Job stats" not in output and "Building DAG" not in output, output[-2000:]
+    assert not (workdir / "results").exists()
 
 
 # --------------------------------------------------------------------------- schema vs engine

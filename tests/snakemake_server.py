@@ -24,8 +24,8 @@ import time
 # everything a workflow run imports before it reads the config (importing dm_control adds a root
 # logging handler, which the Snakefile keeps out of Snakemake's log: do the same here)
 _root_handlers = list(logging.getLogger().handlers)
-import snakemake.cli  # noqa: E402
 import snakemake.api  # noqa: E402,F401
+import snakemake.cli  # noqa: E402
 import snakemake.dag  # noqa: E402,F401
 import snakemake.scheduling.job_scheduler  # noqa: E402,F401
 import yaml  # noqa: E402,F401

@@ -6,7 +6,8 @@
   the other tests run; the tests that read it are moved to the end of the run.
 - pytest-xdist (``-n``, in addopts): the controller process owns the scratch folder, the cache and
   the study build (it is idle otherwise); workers get the folder through ``workerinput`` and read
-  the built study from its record. Tests are handed out one by one, except those of ``TOGETHER``,
+  the built study from its record. Workers run niced (``WORKER_NICENESS``), so that the build,
+  which the last tests wait for, finishes first. Tests are handed out one by one, except those of ``TOGETHER``,
   which share a costly module or session fixture: one worker runs each of those groups.
 - ``published_dir`` / ``published_table``: the authors' published curve archives (read from
   ``../shared``, never copied).
@@ -62,9 +63,16 @@ def _worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+#: niceness of the xdist workers (and what they start): the shared study build, which the last
+#: tests wait for, gets the cores first; the workers run on what it leaves (its serial stages,
+#: the start-up of its jobs) and take the cores once it is done
+WORKER_NICENESS = 5
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if _worker(config):
         scratch = Path(config.workerinput["valuescale_scratch"])
+        os.nice(WORKER_NICENESS)
     else:
         scratch = Path(tempfile.mkdtemp(prefix="valuescale-tests-"))
     config.stash[_SCRATCH] = scratch
@@ -178,11 +186,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     terminalreporter.section("CPU time per test (s; process and waited-for children)")
     for seconds, nodeid in rows[:30]:
         write(f"{seconds:8.1f}  {nodeid}")
+    per_file: dict[str, float] = {}
+    for seconds, nodeid in rows:
+        path = nodeid.split("::")[0]
+        per_file[path] = per_file.get(path, 0.0) + seconds
+    terminalreporter.section("CPU time per test file (s)")
+    for path, seconds in sorted(per_file.items(), key=lambda item: -item[1]):
+        write(f"{seconds:8.1f}  {path}")
     in_tests, whole = sum(s for s, _ in rows), _cpu_seconds()
     write(f"{in_tests:8.1f}  all {len(rows)} tests")
     # this process and every child it waited for: the xdist workers, the shared study build
     write(f"{whole - in_tests:8.1f}  outside the tests (the shared study build, start-up)")
     write(f"{whole:8.1f}  the whole run")
+    build = config.stash.get(_BUILD, None)
+    for stage in build.study.stages if build is not None else []:
+        write(f"shared study build: snakemake {' '.join(stage.args)}: {stage.seconds:.0f} s wall")
 
 
 @pytest.fixture(scope="session")

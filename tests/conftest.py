@@ -6,8 +6,8 @@
   the other tests run; the tests that read it are moved to the end of the run.
 - pytest-xdist (``-n``, in addopts): the controller process owns the scratch folder, the cache and
   the study build (it is idle otherwise); workers get the folder through ``workerinput`` and read
-  the built study from its record. Workers run niced (``WORKER_NICENESS``), so that the build,
-  which the last tests wait for, finishes first. Tests are handed out one by one, except those of ``TOGETHER``,
+  the built study from its record. The workers run niced (``TEST_NICENESS``, their session's
+  autogroup too), so that the build, which the last tests wait for, finishes first. Tests are handed out one by one, except those of ``TOGETHER``,
   which share a costly module or session fixture: one worker runs each of those groups.
 - ``published_dir`` / ``published_table``: the authors' published curve archives (read from
   ``../shared``, never copied).
@@ -63,16 +63,26 @@ def _worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-#: niceness of the xdist workers (and what they start): the shared study build, which the last
-#: tests wait for, gets the cores first; the workers run on what it leaves (its serial stages,
-#: the start-up of its jobs) and take the cores once it is done
-WORKER_NICENESS = 5
+#: niceness of the xdist workers (and what they start): the shared study build (a session of its own), which the last
+#: tests wait for, gets the cores first; the tests run on what it leaves (its serial stages, the
+#: start-up of its jobs) and take the cores once it is done
+TEST_NICENESS = 5
+
+
+def _lower_priority() -> None:
+    """Nice this process; where the kernel groups CPU time by session (autogroup), nice the
+    session's group too, since niceness alone then only ranks the processes within a session."""
+    os.nice(TEST_NICENESS)
+    try:
+        Path("/proc/self/autogroup").write_text(str(TEST_NICENESS))
+    except OSError:  # no autogroup on this kernel: os.nice is all there is
+        pass
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if _worker(config):
         scratch = Path(config.workerinput["valuescale_scratch"])
-        os.nice(WORKER_NICENESS)
+        _lower_priority()  # not the controller: the build it starts keeps the default priority
     else:
         scratch = Path(tempfile.mkdtemp(prefix="valuescale-tests-"))
     config.stash[_SCRATCH] = scratch

@@ -42,7 +42,9 @@ def _child(request: dict) -> None:
     """In the forked child: become ``snakemake ARGV`` and exit with its status."""
     code = 1
     try:
-        os.setsid()  # a timeout kills the run and the jobs it started
+        # a process group of its own, so that a timeout kills the run and the jobs it started
+        # (not a session: that would also take it out of the tests' CPU priority group)
+        os.setpgid(0, 0)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])

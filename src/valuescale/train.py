@@ -146,6 +146,7 @@ class _Device:
         from valuescale.agents import bro
         from valuescale.replay import replay_init, replay_insert, replay_sample, stack_seeds
 
+        atomic_cache_entries()  # also for a cache set through JAX's own settings
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.bcfg = cfg.bro_config()
         self.n_seeds = len(cfg.seeds)
@@ -794,17 +795,46 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
     that a resumed or repeated run with the same shapes skips recompiling its step functions.
 
     Every executable is kept, not only those that took JAX's default minimum of 1 s to compile:
-    a run compiles 60-90 small step functions (one per updates-per-call count and policy flag,
-    evaluation, validation), and runs that share shapes (same widths, batch size and seeds at
-    another UTD) reuse most of them. One folder may serve concurrent runs: JAX writes an entry in
-    place, and an entry that is still being written (or whose writer was killed) fails to load,
-    which JAX reports as a warning before it compiles the function itself."""
+    a run compiles 60-90 small step functions (evaluation, validation and the small programs
+    around them included), and runs that share shapes (same widths, batch size and seeds at
+    another UTD) reuse most of them. One folder may serve concurrent runs: entries are written
+    atomically (``atomic_cache_entries``)."""
     import jax
 
+    atomic_cache_entries()
     Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def atomic_cache_entries() -> None:
+    """Make JAX write its persistent compilation cache entries through the package's atomic
+    writer (a temporary file beside the entry, then renamed onto it).
+
+    JAX writes an entry in place and never replaces one that exists: an entry whose writer was
+    killed half-way would stay truncated for good, and every later job would fail to load it
+    (a warning) and compile that function again. With this, a killed writer leaves only its
+    temporary file (``.<key>-cache.*.tmp``, which JAX never reads) and the next job writes the
+    entry. Applies to caches on a local file system without JAX's size-bounded eviction (the
+    package's setting); the others keep JAX's own writer. Idempotent."""
+    from jax._src import lru_cache
+
+    cls = lru_cache.LRUCache
+    if getattr(cls.put, "valuescale_atomic", False):
+        return
+    jax_put = cls.put
+
+    def put(self: Any, key: str, value: bytes) -> None:
+        local = lru_cache._is_local_filesystem(str(self.path))
+        if not key or self.eviction_enabled or not local:
+            return jax_put(self, key, value)
+        entry = Path(str(self.path)) / f"{key}{lru_cache._CACHE_SUFFIX}"
+        if not entry.exists():  # as JAX: an existing entry is kept
+            atomic_write_bytes(entry, value)
+
+    put.valuescale_atomic = True  # type: ignore[attr-defined]
+    cls.put = put
 
 
 def _run_held(

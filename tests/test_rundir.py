@@ -1,5 +1,6 @@
-"""Stale run folders: a checkpoint or run.json the engine would refuse (other training settings) is
-deleted before a train job, a resumable one is kept (``valuescale.rundir`` and the train rule)."""
+"""Stale run folders: a checkpoint or run.json the engine cannot use (other training settings) stops
+the engine, or is deleted first with ``--discard-stale`` (the train rule); a resumable one is kept
+(``valuescale.rundir``, the engine and the train rule)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from studies import snakemake
 
 from valuescale.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from valuescale.config import TrainConfig
-from valuescale.rundir import config_from_argv, discard_stale, main, stale_reason
+from valuescale.rundir import discard_stale, stale_reason
+from valuescale.train import main, parse_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,18 +102,20 @@ def test_run_json_without_checkpoint(tmp_path, summary, stale):
     assert names(out) == ([] if stale else ["curves.parquet", "run.json"])
 
 
-def test_cli_takes_the_engine_flags(tmp_path, capsys):
-    argv = ["--env", "cartpole-balance", "--width", "16", "--steps", "600", "--threads", "1"]
+def test_the_engine_stops_on_stale_state_unless_told_to_discard_it(tmp_path, capsys):
+    """Without --discard-stale the engine exits 2 naming the file and the differing setting, and
+    changes nothing (it stops before JAX is imported); the train rule passes the flag."""
+    argv = ["--env", "cartpole-balance", "--width", "16", "--steps", "600"]
     out = fill(tmp_path / "run", dataclasses.replace(CFG, n_quantiles=4))
-    assert main([*argv, "--checkpoint-every", "300", "--out", str(out)]) == 0
-    assert names(out) == []
-    assert "n_quantiles: 4 there vs 100 now" in capsys.readouterr().err
-    _, cfg = config_from_argv([*argv, "--checkpoint-every", "300", "--out", str(out)])
-    assert cfg == CFG
-    # a bad config or a missing folder: nothing to do here, the engine reports it
-    assert main([*argv, "--batch-size", "0", "--out", str(out)]) == 0
-    assert main([*argv, "--out", str(tmp_path / "missing")]) == 0
-    assert not (tmp_path / "missing").exists()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*argv, "--checkpoint-every", "300", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pkl was written with other settings" in err, err
+    assert "n_quantiles: 4 there vs 100 now" in err and "--discard-stale" in err, err
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".engine.lock"}
+    assert after == before
+    _, run, cfg = parse_cli([*argv, "--checkpoint-every", "300", "--out", str(out)])
+    assert cfg == CFG and run["discard_stale"] is False
 
 
 # --------------------------------------------------------------------------- through the workflow
@@ -164,8 +168,8 @@ def checkpoint(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("checkpoint")
     text = run_snakemake(tmp / "plan", study(200), "-n", "-p", f"{RUN}/curves.parquet")
     argv = re.search(r"args='([^']*)'", text).group(1).split()
-    _, cfg = config_from_argv(argv)
-    assert cfg is not None and cfg.eval_interval == 200 and cfg.checkpoint_every == 200
+    _, run, cfg = parse_cli(argv)
+    assert run["discard_stale"] and cfg.eval_interval == 200 and cfg.checkpoint_every == 200
     kept = tmp / CHECKPOINT_NAME
     save = engine.save_checkpoint
 

@@ -1,15 +1,14 @@
-"""Clear a run folder of state the engine would refuse, before a training run starts in it.
+"""What of a run folder the engine can use: the one resumability check.
 
-``python -m valuescale.train`` resumes from ``<out>/checkpoint.pkl`` and stops with
-``OutDirConflict`` (exit 2) when the folder holds a checkpoint or a run.json it cannot use: written
-with a config that differs in anything but ``RESUMABLE_CHANGES`` (``steps``, ``checkpoint_every``),
-a checkpoint past the asked ``steps``, an unreadable file, or a complete run of another length.
-The workflow changes training settings on purpose (the user edits ``train:``), so before each train
-job it calls ``python -m valuescale.rundir <the same flags as valuescale.train>``, which deletes such
-stale state (``checkpoint.pkl``, ``run.json``, ``curves.parquet``) with one log line saying why,
-and keeps a checkpoint the engine can resume.
-
-The checks mirror ``valuescale.train.run_training``; JAX is not imported.
+``python -m valuescale.train`` (``run_training``) resumes from ``<out>/checkpoint.pkl``, returns a
+complete run as it is, or starts afresh. It refuses a folder holding state it cannot use
+(``stale_reason``): a checkpoint or run.json written with a config that differs in anything but
+``RESUMABLE_CHANGES`` (``steps``, ``checkpoint_every``), a checkpoint past the asked ``steps``, an
+unreadable file, or a complete run of another length. By default that is an ``OutDirConflict``
+(exit 2); with ``--discard-stale`` (the workflow's train rule, whose users change training
+settings on purpose) the engine deletes that state instead (``discard_stale``: checkpoint,
+progress and outputs, with one log line saying why) and starts afresh, while it holds the folder.
+JAX is not imported here.
 """
 
 from __future__ import annotations
@@ -17,20 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from valuescale.checkpoint import (
-    CHECKPOINT_NAME,
-    OUTPUT_NAMES,
-    PROGRESS_NAMES,
-    busy_message,
-    load_checkpoint,
-    run_folder_holder,
-)
-from valuescale.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
+from valuescale.checkpoint import CHECKPOINT_NAME, OUTPUT_NAMES, PROGRESS_NAMES, load_checkpoint
+from valuescale.config import RESUMABLE_CHANGES, TrainConfig
 
 log = logging.getLogger("valuescale.rundir")
 
@@ -51,8 +41,8 @@ def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
 
 
 def stale_reason(out_dir: str | os.PathLike, cfg: TrainConfig) -> str | None:
-    """Why the engine would refuse to start ``cfg`` in ``out_dir`` (None: it would resume from the
-    checkpoint, return the complete run, or start afresh without conflict)."""
+    """Why the engine cannot start ``cfg`` in ``out_dir`` (None: it resumes from the checkpoint,
+    returns the complete run, or starts afresh without conflict)."""
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
     run_json = out / "run.json"
@@ -87,9 +77,10 @@ def stale_reason(out_dir: str | os.PathLike, cfg: TrainConfig) -> str | None:
 
 
 def discard_stale(out_dir: str | os.PathLike, cfg: TrainConfig) -> list[str]:
-    """Delete ``out_dir``'s checkpoint, run.json and curves.parquet when the engine would refuse to
-    start ``cfg`` there (see ``stale_reason``), logging why; return the removed paths (empty when
-    the folder is usable as it is: a matching checkpoint is kept, so the run resumes)."""
+    """Delete ``out_dir``'s checkpoint, progress and outputs when the engine cannot start ``cfg``
+    there (see ``stale_reason``), logging why; return the removed paths (empty when the folder is
+    usable as it is: a matching checkpoint is kept, so the run resumes). The caller holds the
+    folder (``checkpoint.hold_run_folder``)."""
     out = Path(out_dir)
     reason = stale_reason(out, cfg)
     if reason is None:
@@ -108,51 +99,3 @@ def discard_stale(out_dir: str | os.PathLike, cfg: TrainConfig) -> list[str]:
         ", ".join(Path(p).name for p in removed),
     )
     return removed
-
-
-def config_from_argv(argv: Sequence[str] | None = None) -> tuple[str, TrainConfig | None]:
-    """``(out_dir, TrainConfig)`` from the flags of ``python -m valuescale.train`` (the config is
-    None when the engine's CLI would reject it)."""
-    from valuescale.train import build_parser
-
-    parser = build_parser()
-    parser.prog = "python -m valuescale.rundir"
-    parser.description = (
-        "Delete the checkpoint/run.json/curves.parquet in --out when valuescale.train, given the "
-        "same flags, would refuse them (written with other settings); keep a resumable checkpoint."
-    )
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    for key in ("threads", "progress", "compilation_cache"):
-        args.pop(key)
-    try:
-        return out, TrainConfig(**args)
-    except ConfigError:
-        return out, None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI (``python -m valuescale.rundir``): takes exactly the flags of ``valuescale.train``.
-
-    A config the engine's CLI rejects is left for the engine to report (exit 0, nothing removed).
-    A folder that a live engine holds is left alone: exit 2 with a message naming it and the pid.
-    """
-    out, cfg = config_from_argv(argv)
-    if cfg is None or not Path(out).is_dir():
-        return 0
-    holder = run_folder_holder(out)
-    if holder is not None:
-        print(f"error: {busy_message(Path(out), holder)}", file=sys.stderr)
-        return 2
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    discard_stale(out, cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

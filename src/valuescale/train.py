@@ -77,11 +77,12 @@ from valuescale.checkpoint import (
 )
 from valuescale.config import (
     CURVE_COLUMNS,
-    RESUMABLE_CHANGES,
     ConfigError,
     TrainConfig,
     field_docs,
 )
+from valuescale.rundir import discard_stale as discard_stale_state
+from valuescale.rundir import stale_reason
 
 log = logging.getLogger("valuescale.train")
 
@@ -775,21 +776,6 @@ class OutDirConflict(ValueError):
     """The output directory holds a checkpoint or a finished run that this config cannot use."""
 
 
-def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], what: Path) -> None:
-    current = cfg.to_dict()
-    differ = sorted(
-        k
-        for k in set(current) | set(saved)
-        if k not in RESUMABLE_CHANGES and current.get(k) != saved.get(k)
-    )
-    if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} there vs {current.get(k)!r} now" for k in differ)
-        raise OutDirConflict(
-            f"{what} was written by a run with a different config ({detail}); "
-            "use another output directory or delete it"
-        )
-
-
 def enable_compilation_cache(path: str | os.PathLike) -> None:
     """Keep XLA executables in ``path`` (JAX's persistent compilation cache, process-wide), so
     that a resumed or repeated run with the same shapes skips recompiling its step functions.
@@ -842,34 +828,23 @@ def _run_held(
     out: Path,
     progress: bool | None,
     compilation_cache: str | os.PathLike | None,
+    discard_stale: bool,
 ) -> dict[str, Any]:
+    reason = stale_reason(out, cfg)
+    if reason is not None:
+        if not discard_stale:
+            raise OutDirConflict(
+                f"{out}: {reason}; use another output directory, delete it, or pass --discard-stale"
+            )
+        discard_stale_state(out, cfg)
     ckpt_path = out / CHECKPOINT_NAME
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     run_json = out / "run.json"
-    ckpt = None
-    if ckpt_path.exists():
-        try:
-            ckpt = load_checkpoint(ckpt_path)
-        except ValueError as e:
-            raise OutDirConflict(str(e)) from e
-        _check_resumable(cfg, ckpt["config"], ckpt_path)
-        if cfg.steps < int(ckpt["t"]):
-            raise OutDirConflict(
-                f"steps ({cfg.steps}) is below the checkpoint's env step {ckpt['t']} in {ckpt_path}"
-            )
-    elif run_json.exists():
-        try:
-            previous = json.loads(run_json.read_text())
-        except json.JSONDecodeError as e:
-            raise OutDirConflict(f"{run_json} is not valid JSON ({e}); delete it") from e
-        if previous.get("complete"):
-            _check_resumable(cfg, previous.get("config", {}), run_json)
-            if previous["config"]["steps"] == cfg.steps:
-                log.info("%s already holds a complete run; nothing to do", out)
-                return previous
-            raise OutDirConflict(
-                f"{run_json} holds a complete run of {previous['config']['steps']} steps "
-                f"(asked for {cfg.steps}); a finished run cannot be extended (no checkpoint)"
-            )
+    if ckpt is None and run_json.exists():
+        previous = json.loads(run_json.read_text())
+        if previous.get("complete"):  # of this config and length (stale_reason)
+            log.info("%s already holds a complete run; nothing to do", out)
+            return previous
     if compilation_cache is not None:
         enable_compilation_cache(compilation_cache)
     return _Run(cfg, out, progress).run(ckpt)
@@ -880,12 +855,15 @@ def run_training(
     out_dir: str | os.PathLike,
     progress: bool | None = None,
     compilation_cache: str | os.PathLike | None = None,
+    discard_stale: bool = False,
 ) -> dict[str, Any]:
     """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
     summary (the content of run.json).
 
     Resumes from ``out_dir/checkpoint.pkl`` when present; returns the existing summary when
-    ``out_dir`` already holds a complete run of the same config. ``progress``: tqdm bar (True),
+    ``out_dir`` already holds a complete run of the same config. State it cannot use (written with
+    other settings: ``valuescale.rundir.stale_reason``) raises ``OutDirConflict``, or is deleted
+    first with ``discard_stale``. ``progress``: tqdm bar (True),
     log lines (False) or a bar only when stderr is a TTY (None). ``compilation_cache``: a
     directory for JAX's persistent compilation cache (see ``enable_compilation_cache``).
     The folder is held for the whole run (``hold_run_folder``): while another live process holds
@@ -896,7 +874,7 @@ def run_training(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with hold_run_folder(out):
-        return _run_held(cfg, out, progress, compilation_cache)
+        return _run_held(cfg, out, progress, compilation_cache, discard_stale)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -961,6 +939,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="JAX persistent compilation cache directory: a resumed or repeated run with the same "
         "shapes skips recompiling (default: $VALUESCALE_COMPILATION_CACHE, else off)",
+    )
+    parser.add_argument(
+        "--discard-stale",
+        action="store_true",
+        help="delete state in --out that was written with other settings (checkpoint, progress, "
+        "outputs; one log line says why) and start afresh, instead of stopping with exit 2; a "
+        "resumable checkpoint is kept (the workflow's train rule passes it)",
     )
     types: dict[str, Callable[[str], Any]] = {"seeds": _parse_seeds}
     for f in dataclasses.fields(TrainConfig):
@@ -1040,17 +1025,30 @@ def pin_threads(n: int) -> list[int]:
     return cores
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point (``python -m valuescale.train``); returns the exit code."""
+#: the CLI's flags that are not training settings (``TrainConfig`` fields): how and where to run
+RUN_OPTIONS: tuple[str, ...] = ("out", "threads", "progress", "compilation_cache", "discard_stale")
+
+
+def parse_cli(
+    argv: Sequence[str] | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, Any], TrainConfig]:
+    """``(parser, run options, config)`` of the CLI's flags; exits 2 naming the flag of a bad
+    setting (argparse's error)."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    out, threads, progress = args.pop("out"), args.pop("threads"), args.pop("progress")
-    cache = args.pop("compilation_cache")
+    run = {key: args.pop(key) for key in RUN_OPTIONS}
     try:
         cfg = TrainConfig(**args)
     except ConfigError as e:
         message = str(e).split(": ", 1)[-1]
         parser.error(f"argument {_flag(e.field)}: {message}")
+    return parser, run, cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (``python -m valuescale.train``); returns the exit code."""
+    parser, run, cfg = parse_cli(argv)
+    out, threads, progress = run["out"], run["threads"], run["progress"]
     if threads is not None:
         allowed = len(os.sched_getaffinity(0))
         if not 1 <= threads <= allowed:
@@ -1071,7 +1069,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_log.setLevel(logging.INFO)
     package_log.propagate = False
     try:
-        summary = run_training(cfg, out, progress=progress, compilation_cache=cache)
+        summary = run_training(
+            cfg,
+            out,
+            progress=progress,
+            compilation_cache=run["compilation_cache"],
+            discard_stale=run["discard_stale"],
+        )
     except (OutDirConflict, RunFolderBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
 # One train job = the seeds of one block of one cell configuration (env, agent, utd, width,
 # batch size, lr), trained together in one process. Training settings that are not in the path
 # are params, so changing them reruns the job; an interrupted job resumes from the checkpoint the
-# engine keeps in the run folder; a checkpoint (or run.json) the engine would refuse, written with
-# other training settings, is deleted first with a line in the log (valuescale.rundir). The engine
-# replaces the job's shell (exec): a signal to the job reaches it and nothing outlives the job. It
+# engine keeps in the run folder; a checkpoint (or run.json) written with other training settings
+# is deleted by the engine first, with a line in the log (--discard-stale, valuescale.rundir). The
+# engine replaces the job's shell (exec): a signal to the job reaches it and nothing outlives it. It
 # writes the outputs only when the run is complete (progress.* beside the checkpoint until then)
 # and holds the run folder while it trains (a second engine on it stops, naming the holder).
 
@@ -29,6 +29,5 @@ rule train:
     shell:
         "args='--env {wildcards.env} --agent {wildcards.agent} --utd {wildcards.utd}"
         " --width {wildcards.width} --batch-size {wildcards.batch_size} --lr {wildcards.lr}"
-        " {params.args} {params.run_args} --threads {threads}';"
-        " python -m valuescale.rundir $args > {log} 2>&1"
-        " && exec python -m valuescale.train $args >> {log} 2>&1"
+        " {params.args} {params.run_args} --threads {threads} --discard-stale';"
+        " exec python -m valuescale.train $args > {log} 2>&1"

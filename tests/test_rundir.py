@@ -160,9 +160,10 @@ def run_snakemake(workdir: Path, config: dict, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory) -> tuple[Path, TrainConfig]:
     """A real checkpoint at env step 200 of the train job of ``study(200)``, with exactly the
-    engine config the workflow passes (read from the dry-run's shell command)."""
+    engine config the workflow passes (read from the dry-run's shell command): a folder holding
+    ``checkpoint.pkl`` and ``replay/``, and that config."""
     import valuescale.train as engine
 
     tmp = tmp_path_factory.mktemp("checkpoint")
@@ -170,12 +171,13 @@ def checkpoint(tmp_path_factory) -> Path:
     argv = re.search(r"args='([^']*)'", text).group(1).split()
     _, run, cfg = parse_cli(argv)
     assert run["discard_stale"] and cfg.eval_interval == 200 and cfg.checkpoint_every == 200
-    kept = tmp / CHECKPOINT_NAME
+    kept = tmp / "kept"  # the run folder's checkpoint and replay chunks as the first one left them
     save = engine.save_checkpoint
 
     def save_and_keep(path, payload):
         save(path, payload)
-        shutil.copy(path, kept)
+        if not kept.exists():
+            shutil.copytree(path.parent, kept, ignore=shutil.ignore_patterns(".engine.lock"))
 
     mp = pytest.MonkeyPatch()
     mp.setattr(engine, "save_checkpoint", save_and_keep)
@@ -183,7 +185,7 @@ def checkpoint(tmp_path_factory) -> Path:
         engine.run_training(cfg, tmp / "run", progress=False)
     finally:
         mp.undo()
-    return kept
+    return kept, cfg
 
 
 @pytest.mark.slow
@@ -192,8 +194,7 @@ def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
     tmp_path, checkpoint, eval_interval, resumed
 ):
     run = tmp_path / RUN
-    run.mkdir(parents=True)
-    shutil.copy(checkpoint, run / CHECKPOINT_NAME)
+    shutil.copytree(checkpoint[0], run)
     run_snakemake(tmp_path, study(eval_interval), f"{RUN}/curves.parquet")
     summary = json.loads((run / "run.json").read_text())
     assert summary["complete"] and summary["env_steps"] == 400
@@ -205,3 +206,44 @@ def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
         assert "discarding" not in log and "resumed" in log
     else:
         assert "discarding stale state" in log and "eval_interval: 200 there vs 100 now" in log
+
+
+def _corrupt_chunk(run: Path) -> Path:
+    """Flip one byte inside the rewards' rows of the train replay's chunk (its size unchanged)."""
+    import numpy as np
+
+    (chunk,) = (run / "replay" / "train").iterdir()
+    with np.load(chunk) as z:
+        rows = z["rewards"].tobytes()
+    data = bytearray(chunk.read_bytes())
+    at = bytes(data).find(rows)
+    assert at > 0
+    data[at + len(rows) // 2] ^= 0x40
+    chunk.write_bytes(bytes(data))
+    return chunk
+
+
+@pytest.mark.slow
+def test_a_corrupt_replay_chunk_is_named_then_discarded_on_request(tmp_path, checkpoint, caplog):
+    """A chunk of the real checkpoint's replay with a flipped byte (same size, so only its CRC
+    tells): the engine stops (exit 2) naming the chunk and leaves the folder as it was; with
+    --discard-stale it deletes the checkpoint and its chunks and trains afresh to completion."""
+    from valuescale.train import OutDirConflict, run_training
+
+    kept, cfg = checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(kept, run)
+    chunk = _corrupt_chunk(run)
+    before = sorted((p.relative_to(run), p.read_bytes()) for p in run.rglob("*") if p.is_file())
+    with pytest.raises(
+        OutDirConflict, match=rf"replay chunk {re.escape(str(chunk))} is unreadable"
+    ):
+        run_training(cfg, run, progress=False)
+    after = sorted((p.relative_to(run), p.read_bytes()) for p in run.rglob("*") if p.is_file())
+    assert after == before
+    with caplog.at_level("WARNING", logger="valuescale.rundir"):
+        summary = run_training(cfg, run, progress=False, discard_stale=True)
+    assert summary["complete"] and summary["env_steps"] == 400
+    assert summary["resumed_at_steps"] == []
+    assert "discarding stale state" in caplog.text and str(chunk) in caplog.text
+    assert names(run) == ["curves.parquet", "run.json"]

@@ -93,7 +93,7 @@ def _run(cfg: TrainConfig, out: Path) -> _Run:
     """Run through the loop object so that tests can look at the final device state."""
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, out, progress=False)
-    run.run(None)
+    run.run(resumed=False)
     return run
 
 

@@ -5,7 +5,10 @@ scalars, lists, dicts, strings and numpy arrays; no JAX or flax objects, so it l
 package's classes. The training loop stores:
 
 - ``format``: the format version; ``config``: ``TrainConfig.to_dict()``;
-- pytrees (agent states, replays, keys, metric accumulators) as ``tree_to_numpy(tree)``: the list
+- ``replay``: per stored replay (``train``, ``validation``), the record of its chunk files
+  (``valuescale.replay_store``): the replays' transitions are not in the pickle, which stays small;
+- pytrees (agent states, keys, metric accumulators; the carries with ``replay=None``) as
+  ``tree_to_numpy(tree)``: the list
   of leaves in ``jax.tree.leaves`` order, fetched with ``jax.device_get`` (typed PRNG keys stored
   as their raw ``key_data``); ``tree_from_numpy(template, leaves)`` rebuilds them onto a freshly
   built template of the same structure, checking every shape and dtype;
@@ -31,7 +34,7 @@ import numpy as np
 
 from valuescale.atomic import atomic_open
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.pkl"
 
 #: A run folder's outputs, written once, when the run is complete (the train rule's outputs).
@@ -41,6 +44,11 @@ OUTPUT_NAMES = ("curves.parquet", "run.json")
 PROGRESS_NAMES = ("progress.parquet", "progress.json")
 #: The lock a live engine holds on its run folder (``hold_run_folder``); it holds the engine's pid.
 LOCK_NAME = ".engine.lock"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or a replay chunk it lists) that cannot be read back: the message names the
+    file and what is wrong with it."""
 
 
 class RunFolderBusy(RuntimeError):
@@ -121,20 +129,17 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint``; ValueError naming the file if it is not
-    one (or of another format version)."""
+    """Load a checkpoint written by ``save_checkpoint``; ``CheckpointError`` naming the file if it
+    is not one (or of another format version)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             payload = pickle.load(f)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
+        raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"checkpoint {path} has format {found!r}, expected {FORMAT_VERSION}; "
-            "delete it to start over"
-        )
+        raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {FORMAT_VERSION}")
     return payload
 
 
@@ -156,7 +161,7 @@ def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree")
     ``template`` may hold arrays or ``jax.ShapeDtypeStruct``s (``jax.eval_shape`` of the builder:
     nothing is allocated for it).
 
-    Raises ValueError (naming ``what``) when the number, shapes or dtypes of the leaves do not
+    Raises ``CheckpointError`` (naming ``what``) when the number, shapes or dtypes of the leaves do not
     match the template: the checkpoint belongs to a differently shaped run.
     """
     import jax
@@ -164,7 +169,7 @@ def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree")
 
     template_leaves, treedef = jax.tree.flatten(template)
     if len(template_leaves) != len(leaves):
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {what}: {len(leaves)} arrays, expected {len(template_leaves)}"
         )
     out = []
@@ -172,7 +177,7 @@ def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree")
         typed_key = jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key)
         ref = jax.eval_shape(jax.random.key_data, t) if typed_key else t
         if tuple(ref.shape) != tuple(x.shape) or np.dtype(ref.dtype) != x.dtype:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {what}: leaf {i} has shape {x.shape} {x.dtype}, "
                 f"expected {tuple(ref.shape)} {np.dtype(ref.dtype)}"
             )

@@ -7,7 +7,7 @@ complete run as it is, or starts afresh. It refuses a folder holding state it ca
 unreadable file, or a complete run of another length. By default that is an ``OutDirConflict``
 (exit 2); with ``--discard-stale`` (the workflow's train rule, whose users change training
 settings on purpose) the engine deletes that state instead (``discard_stale``: checkpoint,
-progress and outputs, with one log line saying why) and starts afresh, while it holds the folder.
+replay chunks, progress and outputs, with one log line saying why) and starts afresh, while it holds the folder.
 JAX is not imported here.
 """
 
@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from valuescale.checkpoint import CHECKPOINT_NAME, OUTPUT_NAMES, PROGRESS_NAMES, load_checkpoint
 from valuescale.config import RESUMABLE_CHANGES, TrainConfig
+from valuescale.replay_store import REPLAY_DIR, missing
 
 log = logging.getLogger("valuescale.rundir")
 
 RUN_FILES: tuple[str, ...] = (CHECKPOINT_NAME, *OUTPUT_NAMES, *PROGRESS_NAMES)
-"""What a stale run folder loses: the engine's state, progress and outputs (nothing else)."""
+"""What a stale run folder loses: the engine's state, progress and outputs (and the ``replay/``
+chunks of its checkpoint; nothing else)."""
 
 
 def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
@@ -54,6 +57,10 @@ def stale_reason(out_dir: str | os.PathLike, cfg: TrainConfig) -> str | None:
         differ = config_differences(cfg, ckpt.get("config") or {})
         if differ:
             return f"{CHECKPOINT_NAME} was written with other settings ({'; '.join(differ)})"
+        for name, record in (ckpt.get("replay") or {}).items():
+            reason = missing(out / REPLAY_DIR / name, record)
+            if reason is not None:
+                return f"{CHECKPOINT_NAME} cannot be resumed: {reason}"
         t = int(ckpt.get("t", 0))
         if cfg.steps < t:
             return f"{CHECKPOINT_NAME} is at env step {t}, past the asked steps ({cfg.steps})"
@@ -81,10 +88,15 @@ def discard_stale(out_dir: str | os.PathLike, cfg: TrainConfig) -> list[str]:
     there (see ``stale_reason``), logging why; return the removed paths (empty when the folder is
     usable as it is: a matching checkpoint is kept, so the run resumes). The caller holds the
     folder (``checkpoint.hold_run_folder``)."""
+    reason = stale_reason(out_dir, cfg)
+    return [] if reason is None else discard(out_dir, reason)
+
+
+def discard(out_dir: str | os.PathLike, reason: str) -> list[str]:
+    """Delete ``out_dir``'s checkpoint, replay chunks, progress and outputs (``RUN_FILES``, the
+    temporary files of their killed writers, ``replay/``), logging ``reason``; return the removed
+    paths. The caller holds the folder."""
     out = Path(out_dir)
-    reason = stale_reason(out, cfg)
-    if reason is None:
-        return []
     removed = []
     for name in RUN_FILES:
         # the file and any temporary file a killed writer left of it (valuescale.atomic's names)
@@ -92,6 +104,9 @@ def discard_stale(out_dir: str | os.PathLike, cfg: TrainConfig) -> list[str]:
             if path.is_file():
                 path.unlink()
                 removed.append(str(path))
+    if (out / REPLAY_DIR).is_dir():
+        shutil.rmtree(out / REPLAY_DIR)
+        removed.append(str(out / REPLAY_DIR))
     log.warning(
         "discarding stale state in %s: %s; removed %s",
         out,

@@ -30,12 +30,14 @@ Divergence: a seed whose critic or actor loss becomes non-finite (or whose actio
 step are dropped, so no NaN is ever averaged into a logged value), is not evaluated and its env is
 stepped with zero actions. Other seeds are unaffected (independent under vmap).
 
-Outputs (written atomically: temporary file + ``os.replace``): ``curves.parquet`` (long format,
-columns ``CURVE_COLUMNS``) and ``run.json`` (resolved config, versions, critic_params, counters,
-wall time, reset steps, per-seed status). While running, both are refreshed at every checkpoint
-with ``"complete": false``. ``checkpoint.pkl`` (see ``valuescale.checkpoint``) holds everything to
-continue bit for bit; starting a run in an out_dir with a checkpoint resumes from it (a config that
-differs in anything but ``steps``/``checkpoint_every`` is an error); it is deleted when the run
+Outputs (written atomically: temporary file + ``os.replace``), once, when the run is complete:
+``curves.parquet`` (long format, columns ``CURVE_COLUMNS``) and ``run.json`` (resolved config,
+versions, critic_params, counters, wall time, reset steps, per-seed status). Before that, every
+checkpoint refreshes ``progress.parquet`` / ``progress.json`` (``"complete": false``) instead.
+``checkpoint.pkl`` (see ``valuescale.checkpoint``) and the replay chunks under ``replay/``
+(``valuescale.replay_store``: a checkpoint writes only the rows inserted since the previous one)
+hold everything to continue bit for bit; starting a run in an out_dir with a checkpoint resumes
+from it (state it cannot use: ``valuescale.rundir.stale_reason``); both are deleted when the run
 completes. Starting a run in an out_dir with a complete run.json of the same config returns that
 summary without training.
 
@@ -52,6 +54,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -63,11 +66,13 @@ from typing import Any
 
 import numpy as np
 
+from valuescale import replay_store
 from valuescale.atomic import atomic_write_bytes
 from valuescale.checkpoint import (
     CHECKPOINT_NAME,
     OUTPUT_NAMES,
     PROGRESS_NAMES,
+    CheckpointError,
     RunFolderBusy,
     hold_run_folder,
     load_checkpoint,
@@ -81,6 +86,8 @@ from valuescale.config import (
     TrainConfig,
     field_docs,
 )
+from valuescale.replay_store import REPLAY_DIR
+from valuescale.rundir import discard as discard_state
 from valuescale.rundir import discard_stale as discard_stale_state
 from valuescale.rundir import stale_reason
 
@@ -463,14 +470,39 @@ class _Run:
     # ----------------------------------------------------------------- state
 
     def _fresh_start(self) -> None:
+        shutil.rmtree(self.out_dir / REPLAY_DIR, ignore_errors=True)  # of no checkpoint
+        self._replay_records = {}
         obs = np.stack([env.reset() for env in self.envs])
         self.carry = self.dev.refresh(self.dev.init_carry(obs), self._policy(0))
         if self.cfg.validation:
             vobs = np.stack([env.reset() for env in self.val_envs])
             self.val = self.dev.init_val(vobs)
 
-    def _checkpoint_payload(self) -> dict[str, Any]:
+    def _replay_parts(self) -> dict[str, tuple[Any, int]]:
+        """The stored replays: name -> (stacked replay, inserts so far). The training replay gets
+        one insert per env step, the validation replay one per ``validation_every`` steps."""
+        parts = {"train": (self.carry["replay"], self.t)}
+        if self.cfg.validation:
+            parts["validation"] = (self.val["replay"], self.t // self.cfg.validation_every)
+        return parts
+
+    def _save_checkpoint(self, path: Path) -> None:
+        """The replays' new rows as chunks (``valuescale.replay_store``), then the checkpoint
+        that lists them, then the chunks no checkpoint needs any more are deleted."""
+        folder = self.out_dir / REPLAY_DIR
+        records = {
+            name: replay_store.append(folder / name, replay, count, self._replay_records.get(name))
+            for name, (replay, count) in self._replay_parts().items()
+        }
+        save_checkpoint(path, self._checkpoint_payload(records))
+        self._replay_records = records
+        for name, record in records.items():
+            replay_store.collect(folder / name, record)
+
+    def _checkpoint_payload(self, records: dict[str, Any]) -> dict[str, Any]:
+        no_replay = dict(self.carry, replay=None)  # the replays are stored as chunks
         return {
+            "replay": records,
             "config": self.cfg.to_dict(),
             "t": self.t,
             "grad_steps": self.grad_steps,
@@ -480,20 +512,38 @@ class _Run:
             "wall_time_s": self.wall_before + (time.perf_counter() - self._t0),
             "resumed_at": list(self.resumed_at),
             "last_return": self.last_return,
-            "carry": tree_to_numpy(self.carry),
-            "val": tree_to_numpy(self.val) if self.cfg.validation else None,
+            "carry": tree_to_numpy(no_replay),
+            "val": tree_to_numpy(dict(self.val, replay=None)) if self.cfg.validation else None,
             "envs": [env.get_state() for env in self.envs],
             "eval_envs": [[env.get_state() for env in row] for row in self.eval_envs],
             "val_envs": [env.get_state() for env in self.val_envs],
         }
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Take over the state of ``ckpt`` (a ``load_checkpoint`` payload). Every array is read
+        (and checked) before any host state changes: a ``CheckpointError`` leaves the run as
+        built."""
         zero_obs = np.zeros((self.n_seeds, self.obs_dim), np.float32)
         shapes = self.dev.shapes_of  # templates without allocating a second replay
-        self.carry = tree_from_numpy(shapes(self.dev.init_carry, zero_obs), ckpt["carry"], "carry")
+        folder = self.out_dir / REPLAY_DIR
+        records = ckpt.get("replay") or {}
+
+        def rebuild(template: dict[str, Any], leaves: list, name: str) -> dict[str, Any]:
+            tree = tree_from_numpy(dict(template, replay=None), leaves, name)
+            if name not in records:
+                raise CheckpointError(f"checkpoint lists no chunks of the {name} replay")
+            arrays = replay_store.load(folder / name, records[name], template["replay"])
+            jnp = self.dev._jnp
+            replay = template["replay"].replace(**{k: jnp.asarray(v) for k, v in arrays.items()})
+            return dict(tree, replay=replay)
+
+        carry = rebuild(shapes(self.dev.init_carry, zero_obs), ckpt["carry"], "train")
         if self.cfg.validation:
-            template = shapes(self.dev.init_val, zero_obs)
-            self.val = tree_from_numpy(template, ckpt["val"], "validation")
+            self.val = rebuild(shapes(self.dev.init_val, zero_obs), ckpt["val"], "validation")
+        self.carry = carry
+        self._replay_records = dict(records)
+        for name, record in records.items():  # chunks a killed checkpoint left behind
+            replay_store.collect(folder / name, record)
         for env, state in zip(self.envs, ckpt["envs"], strict=True):
             env.set_state(state)
         for row, states in zip(self.eval_envs, ckpt["eval_envs"], strict=True):
@@ -592,18 +642,18 @@ class _Run:
 
     # ----------------------------------------------------------------- main loop
 
-    def run(self, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    def run(self, resumed: bool) -> dict[str, Any]:
+        """Train to ``cfg.steps`` from the checkpoint ``restore`` read (``resumed``) or afresh."""
         cfg = self.cfg
         self._t0 = time.perf_counter()
-        if ckpt is None:
+        if not resumed:
             self._fresh_start()
         else:
-            self._restore(ckpt)
             log.info("resumed %s from env step %d", self.out_dir, self.t)
         self.critic_params, self.passive_params = self.dev.critic_params(self.carry["agent"])
         log.info(
             "%s: %s seeds %s, utd %g, width %d (critic_params %d), batch %d, lr %g, %d steps -> %s",
-            "resuming" if ckpt is not None else "training",
+            "resuming" if resumed else "training",
             cfg.env,
             list(cfg.seeds),
             cfg.utd,
@@ -631,6 +681,7 @@ class _Run:
         summary = self._write_outputs(complete=True)
         if ckpt_path.exists():
             ckpt_path.unlink()
+        shutil.rmtree(self.out_dir / REPLAY_DIR, ignore_errors=True)
         return summary
 
     def _loop(self, bar, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop) -> None:
@@ -654,14 +705,14 @@ class _Run:
             if t in reset_steps:
                 self._reset_agent()
             if cfg.checkpoint_every and t % cfg.checkpoint_every == 0 and t < cfg.steps:
-                save_checkpoint(ckpt_path, self._checkpoint_payload())
+                self._save_checkpoint(ckpt_path)
                 self._write_outputs(complete=False)
             if t % 100 == 0 or t == cfg.steps or t in eval_steps:
                 self._report(bar, t in eval_steps)
             if stop.signum is not None and t < cfg.steps:
                 # SIGTERM (scancel, preemption, a killed Snakemake) or SIGINT: keep every step
                 # done so far, then stop; the next start resumes from here
-                save_checkpoint(ckpt_path, self._checkpoint_payload())
+                self._save_checkpoint(ckpt_path)
                 self._write_outputs(complete=False)
                 if bar is not None:
                     bar.close()
@@ -847,7 +898,19 @@ def _run_held(
             return previous
     if compilation_cache is not None:
         enable_compilation_cache(compilation_cache)
-    return _Run(cfg, out, progress).run(ckpt)
+    run = _Run(cfg, out, progress)
+    if ckpt is not None:
+        try:
+            run.restore(ckpt)  # reads every array back (the replay chunks' CRCs included)
+        except CheckpointError as e:
+            reason = f"{CHECKPOINT_NAME} cannot be resumed ({e})"
+            if not discard_stale:
+                raise OutDirConflict(
+                    f"{out}: {reason}; delete it (or the folder) or pass --discard-stale"
+                ) from e
+            discard_state(out, reason)
+            run, ckpt = _Run(cfg, out, progress), None  # host state untouched by the failed read
+    return run.run(resumed=ckpt is not None)
 
 
 def run_training(

@@ -208,8 +208,9 @@ def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
         assert "discarding stale state" in log and "eval_interval: 200 there vs 100 now" in log
 
 
-def _corrupt_chunk(run: Path) -> Path:
-    """Flip one byte inside the rewards' rows of the train replay's chunk (its size unchanged)."""
+def _flip_a_chunk_byte(run: Path) -> tuple[Path, str]:
+    """Flip one byte inside the rewards' rows of the train replay's chunk (its size unchanged, so
+    only its CRC tells)."""
     import numpy as np
 
     (chunk,) = (run / "replay" / "train").iterdir()
@@ -220,24 +221,38 @@ def _corrupt_chunk(run: Path) -> Path:
     assert at > 0
     data[at + len(rows) // 2] ^= 0x40
     chunk.write_bytes(bytes(data))
-    return chunk
+    return chunk, "is unreadable"
+
+
+def _truncate_the_checkpoint(run: Path) -> tuple[Path, str]:
+    path = run / CHECKPOINT_NAME
+    path.write_bytes(path.read_bytes()[:-100])
+    return path, "is unreadable"
+
+
+def _delete_a_chunk(run: Path) -> tuple[Path, str]:
+    (chunk,) = (run / "replay" / "train").iterdir()
+    chunk.unlink()
+    return chunk, "is missing"
 
 
 @pytest.mark.slow
-def test_a_corrupt_replay_chunk_is_named_then_discarded_on_request(tmp_path, checkpoint, caplog):
-    """A chunk of the real checkpoint's replay with a flipped byte (same size, so only its CRC
-    tells): the engine stops (exit 2) naming the chunk and leaves the folder as it was; with
-    --discard-stale it deletes the checkpoint and its chunks and trains afresh to completion."""
+@pytest.mark.parametrize("damage", [_flip_a_chunk_byte, _truncate_the_checkpoint, _delete_a_chunk])
+def test_a_damaged_checkpoint_is_named_then_discarded_on_request(
+    tmp_path, checkpoint, caplog, damage
+):
+    """A real checkpoint with a flipped byte in a replay chunk, truncated, or missing a chunk:
+    the engine stops (OutDirConflict, exit 2 from the CLI) naming the damaged file and leaves the
+    folder as it was; with --discard-stale it deletes the checkpoint and its chunks and trains
+    afresh to completion."""
     from valuescale.train import OutDirConflict, run_training
 
     kept, cfg = checkpoint
     run = tmp_path / "run"
     shutil.copytree(kept, run)
-    chunk = _corrupt_chunk(run)
+    path, what = damage(run)
     before = sorted((p.relative_to(run), p.read_bytes()) for p in run.rglob("*") if p.is_file())
-    with pytest.raises(
-        OutDirConflict, match=rf"replay chunk {re.escape(str(chunk))} is unreadable"
-    ):
+    with pytest.raises(OutDirConflict, match=re.escape(f"{path} {what}")):
         run_training(cfg, run, progress=False)
     after = sorted((p.relative_to(run), p.read_bytes()) for p in run.rglob("*") if p.is_file())
     assert after == before
@@ -245,5 +260,5 @@ def test_a_corrupt_replay_chunk_is_named_then_discarded_on_request(tmp_path, che
         summary = run_training(cfg, run, progress=False, discard_stale=True)
     assert summary["complete"] and summary["env_steps"] == 400
     assert summary["resumed_at_steps"] == []
-    assert "discarding stale state" in caplog.text and str(chunk) in caplog.text
+    assert "discarding stale state" in caplog.text and str(path) in caplog.text
     assert names(run) == ["curves.parquet", "run.json"]

@@ -534,7 +534,10 @@ class _Run:
                 raise CheckpointError(f"checkpoint lists no chunks of the {name} replay")
             arrays = replay_store.load(folder / name, records[name], template["replay"])
             jnp = self.dev._jnp
-            replay = template["replay"].replace(**{k: jnp.asarray(v) for k, v in arrays.items()})
+            # field by field, each host copy freed once on the device: peak ~ buffer + one field
+            replay = template["replay"].replace(
+                **{k: jnp.asarray(arrays.pop(k)) for k in list(arrays)}
+            )
             return dict(tree, replay=replay)
 
         carry = rebuild(shapes(self.dev.init_carry, zero_obs), ckpt["carry"], "train")

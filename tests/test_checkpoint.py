@@ -126,3 +126,53 @@ def test_a_run_folder_is_held_by_one_live_process_and_freed_when_it_dies(tmp_pat
     with hold_run_folder(tmp_path):  # free again: we hold it, and say so to any other opener
         assert run_folder_holder(tmp_path) == str(os.getpid())
     assert run_folder_holder(tmp_path) is None
+
+
+def test_a_waiting_engine_enters_the_folder_when_its_holder_ends(tmp_path: Path, caplog) -> None:
+    """``hold_run_folder(wait=True)`` (the train rule's ``--wait``): while another live process
+    holds the folder it says so, naming the holder, and waits; it enters once the holder ends."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from valuescale.checkpoint import hold_run_folder, run_folder_holder
+
+    code = (
+        "import sys, time\n"
+        "from valuescale.checkpoint import hold_run_folder\n"
+        "with hold_run_folder(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    entered: list[str | None] = []
+
+    def waiter() -> None:
+        with hold_run_folder(tmp_path, wait=True):
+            entered.append(run_folder_holder(tmp_path))
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        thread = threading.Thread(target=waiter)
+        with caplog.at_level("WARNING", logger="valuescale.checkpoint"):
+            thread.start()
+            time.sleep(1.0)
+            assert entered == [], "entered a folder another live process holds"
+            assert thread.is_alive()
+        assert f"pid {holder.pid}" in caplog.text and "waiting" in caplog.text
+        holder.send_signal(signal.SIGTERM)
+        holder.wait()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "still waiting after the holder ended"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    import os
+
+    assert entered == [str(os.getpid())]
+    assert run_folder_holder(tmp_path) is None

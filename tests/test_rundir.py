@@ -118,6 +118,51 @@ def test_the_engine_stops_on_stale_state_unless_told_to_discard_it(tmp_path, cap
     assert cfg == CFG and run["discard_stale"] is False
 
 
+def test_a_complete_run_whose_outputs_were_deleted_is_put_back_not_trained_again(tmp_path, capsys):
+    """Snakemake deletes the outputs of a job it reruns (``--rerun-incomplete`` after it was
+    killed while its orphaned engine finished the run): the engine puts back the copy it kept in
+    ``.complete/`` and exits 0 without training; with other settings that copy is stale and goes
+    with the rest (``--discard-stale``)."""
+    from valuescale.checkpoint import COMPLETE_DIR
+    from valuescale.rundir import keep_complete_outputs
+
+    argv = ["--env", "cartpole-balance", "--width", "16", "--steps", "600"]
+    argv += ["--checkpoint-every", "300"]
+    summary = {
+        "complete": True,
+        "config": CFG.to_dict(),
+        "env_steps": 600,
+        "gradient_steps": 500,
+        "wall_time_s": 1.0,
+        "seeds": {"0": {"status": "ok"}},
+    }
+    out = fill(tmp_path / "run", None, run_json=summary)
+    keep_complete_outputs(out)
+    kept = {n: (out / n).read_bytes() for n in ("curves.parquet", "run.json")}
+    for name in kept:
+        (out / name).unlink()
+    assert main([*argv, "--out", str(out), "--wait", "--discard-stale"]) == 0
+    assert "put back from .complete" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in kept} == kept  # the run's own bytes, untrained
+    assert not (out / CHECKPOINT_NAME).exists()
+
+    (out / "run.json").unlink()  # a partial deletion is put back as well
+    assert main([*argv, "--out", str(out)]) == 0
+    assert (out / "run.json").read_bytes() == kept["run.json"]
+
+    for name in kept:
+        (out / name).unlink()
+    other = dataclasses.replace(CFG, n_quantiles=4)
+    assert stale_reason(out, other) is None  # judged only once put back
+    removed = discard_stale(out, other)
+    assert removed == [] and not (out / "run.json").exists()
+    from valuescale.rundir import restore_complete_outputs
+
+    assert restore_complete_outputs(out)
+    removed = discard_stale(out, other)
+    assert str(out / COMPLETE_DIR) in removed and names(out) == []
+
+
 # --------------------------------------------------------------------------- through the workflow
 
 RUN = "results/runs/cartpole-balance/bro/utd1_w16_b16_lr3e-4/seeds0-0"

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,74 @@ def test_killed_workflow_resumes_the_interrupted_cell_and_redoes_no_finished_cel
         )
     proc = snakemake(study, config, "-n", "results/tables/curves.parquet")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_killed_alone_leaves_an_engine_whose_run_the_rerun_takes_as_it_is(
+    default_study, tmp_path
+):
+    """kill -9 of the Snakemake process alone, mid-cell: its train job's engine outlives it and
+    finishes the cell (nothing of it under an output name until then). ``--unlock`` and
+    ``--rerun-incomplete`` then rerun that job, and Snakemake deletes its outputs first; the
+    engine puts back the copy of the complete run it kept (``.complete/``) instead of training
+    the cell again. The cell was trained once, never resumed, and its curves and the study table
+    equal the uninterrupted build's. (A rerun started while the engine still trains waits for it:
+    ``test_checkpoint.py::test_a_waiting_engine_enters_the_folder_when_its_holder_ends``.)"""
+    from valuescale.checkpoint import run_folder_holder
+
+    study = copy_study(default_study.workdir, tmp_path / "study")
+    forget_cell(study, RETRAINED)
+    config = copy.deepcopy(default_study.config)
+    config["train"]["checkpoint_every"] = 1000  # operational: no other cell goes stale
+    finished = {d: (d / "curves.parquet").stat().st_mtime_ns for d in run_dirs(study)}
+    run = study / RETRAINED
+    proc = subprocess.Popen(
+        snakemake_cmd(study, config, "-c1", f"{RETRAINED}/curves.parquet"),
+        cwd=study,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: (run / "checkpoint.pkl").is_file(), proc, timeout=600,
+                 what="a checkpoint of the retrained cell")  # fmt: skip
+        engine = int(run_folder_holder(run))
+        os.kill(proc.pid, signal.SIGKILL)  # Snakemake only: its job lives on
+        proc.wait()
+        assert not (run / "curves.parquet").exists() and not (run / "run.json").exists()
+        deadline = time.monotonic() + 600
+        while run_folder_holder(run) is not None:  # the orphaned engine finishes the cell
+            assert time.monotonic() < deadline, "the orphaned engine did not finish"
+            time.sleep(0.2)
+    finally:
+        if _group_alive(proc.pid):  # the test failed midway: leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert engine != proc.pid
+    orphan_run = (run / "run.json").read_bytes()
+    assert json.loads(orphan_run)["resumed_at_steps"] == []
+
+    snakemake(study, config, "--unlock")
+    rerun = snakemake(study, config, "-c1", "--rerun-incomplete", "results/tables/curves.parquet",
+                      timeout=900)  # fmt: skip
+    assert rerun.stdout.count("rule train:") + rerun.stderr.count("rule train:") == 1
+    log = (study / RETRAINED.replace("results/runs", "results/logs/train")).with_suffix(".log")
+    assert "put back from .complete" in log.read_text(errors="replace")
+    assert (run / "run.json").read_bytes() == orphan_run  # the engine's own run, not a new one
+    for d, mtime in finished.items():
+        assert (d / "curves.parquet").stat().st_mtime_ns == mtime, f"{d} was redone"
+    original = default_study.workdir
+    for name in (f"{RETRAINED}/curves.parquet", "results/tables/curves.parquet"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(study / name), pd.read_parquet(original / name), check_exact=True,
+            obj=name,
+        )  # fmt: skip
+    proc = snakemake(study, config, "-n", "results/tables/curves.parquet")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

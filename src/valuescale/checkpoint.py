@@ -24,6 +24,7 @@ file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 from collections.abc import Iterator
@@ -44,6 +45,11 @@ OUTPUT_NAMES = ("curves.parquet", "run.json")
 PROGRESS_NAMES = ("progress.parquet", "progress.json")
 #: The lock a live engine holds on its run folder (``hold_run_folder``); it holds the engine's pid.
 LOCK_NAME = ".engine.lock"
+#: A copy of a complete run's outputs (``OUTPUT_NAMES``), written before its checkpoint is removed.
+#: Snakemake deletes the outputs of a job it reruns (``--rerun-incomplete`` after it was killed
+#: while an orphaned engine finished the run): the rerun's engine then returns this copy instead of
+#: training the cell again (``valuescale.rundir.restore_complete_outputs``).
+COMPLETE_DIR = ".complete"
 
 
 class CheckpointError(ValueError):
@@ -68,25 +74,40 @@ def _pid_in(fd: int) -> str:
     return os.pread(fd, 32, 0).decode().strip()
 
 
+def waiting_message(out: Path, holder: str) -> str:
+    """What a process that waits for the holder ``holder`` (its pid) of ``out`` says."""
+    return (
+        f"run folder {out} is held by a live engine (pid {holder or 'unknown'}), which is still "
+        "training there: waiting for it to finish or stop"
+    )
+
+
 @contextlib.contextmanager
-def hold_run_folder(out_dir: str | os.PathLike) -> Iterator[None]:
+def hold_run_folder(out_dir: str | os.PathLike, wait: bool = False) -> Iterator[None]:
     """Hold ``out_dir`` for one engine: an exclusive ``flock`` on ``<out_dir>/.engine.lock`` (which
-    records the pid) for the life of the block; the file is removed when the block ends. Raises
-    ``RunFolderBusy`` naming the folder and the holder's pid when another live process holds it.
-    The kernel drops the lock when its holder dies (kill -9 included), so a dead engine never
-    blocks a restart (its lock file stays behind, unheld)."""
+    records the pid) for the life of the block; the file is removed when the block ends. When
+    another live process holds it: raises ``RunFolderBusy`` naming the folder and the holder's
+    pid, or with ``wait`` logs that (once) and blocks until the holder lets go. The kernel drops
+    the lock when its holder dies (kill -9 included), so a dead engine never blocks a restart (its
+    lock file stays behind, unheld)."""
     import fcntl
 
     out = Path(out_dir)
     path = out / LOCK_NAME
+    said = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _pid_in(fd)
-            os.close(fd)
-            raise RunFolderBusy(busy_message(out, holder)) from None
+            if not wait:
+                os.close(fd)
+                raise RunFolderBusy(busy_message(out, holder)) from None
+            if not said:
+                logging.getLogger("valuescale.checkpoint").warning(waiting_message(out, holder))
+                said = True
+            fcntl.flock(fd, fcntl.LOCK_EX)  # until the holder ends (or dies)
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:  # its holder removed it between our open and our lock

@@ -20,7 +20,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from valuescale.checkpoint import CHECKPOINT_NAME, OUTPUT_NAMES, PROGRESS_NAMES, load_checkpoint
+from valuescale.atomic import atomic_write_bytes
+from valuescale.checkpoint import (
+    CHECKPOINT_NAME,
+    COMPLETE_DIR,
+    OUTPUT_NAMES,
+    PROGRESS_NAMES,
+    load_checkpoint,
+)
 from valuescale.config import RESUMABLE_CHANGES, TrainConfig
 from valuescale.replay_store import REPLAY_DIR, missing
 
@@ -28,7 +35,37 @@ log = logging.getLogger("valuescale.rundir")
 
 RUN_FILES: tuple[str, ...] = (CHECKPOINT_NAME, *OUTPUT_NAMES, *PROGRESS_NAMES)
 """What a stale run folder loses: the engine's state, progress and outputs (and the ``replay/``
-chunks of its checkpoint; nothing else)."""
+chunks of its checkpoint and the ``COMPLETE_DIR`` copy of its outputs; nothing else)."""
+
+
+def keep_complete_outputs(out_dir: str | os.PathLike) -> None:
+    """Copy a complete run's outputs into ``<out_dir>/COMPLETE_DIR`` (atomically, each file).
+    The engine calls it after writing the outputs and before removing its checkpoint, so at every
+    moment the run can be had back without training it again."""
+    out = Path(out_dir)
+    for name in OUTPUT_NAMES:
+        atomic_write_bytes(out / COMPLETE_DIR / name, (out / name).read_bytes())
+
+
+def restore_complete_outputs(out_dir: str | os.PathLike) -> bool:
+    """Put back the outputs of a complete run whose output files were deleted (Snakemake deletes
+    the outputs of a job it reruns) from ``COMPLETE_DIR``; True when it did. It does nothing
+    while a checkpoint is there (the run resumes from it) or when every output is in place. The
+    caller holds the folder; ``stale_reason`` then judges the restored run.json as any other."""
+    out = Path(out_dir)
+    kept = out / COMPLETE_DIR
+    if (out / CHECKPOINT_NAME).exists() or all((out / n).exists() for n in OUTPUT_NAMES):
+        return False
+    if not all((kept / n).is_file() for n in OUTPUT_NAMES):
+        return False
+    for name in OUTPUT_NAMES:
+        atomic_write_bytes(out / name, (kept / name).read_bytes())
+    log.info(
+        "%s: the outputs of a complete run were missing; put back from %s (not trained again)",
+        out,
+        COMPLETE_DIR,
+    )
+    return True
 
 
 def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
@@ -104,9 +141,10 @@ def discard(out_dir: str | os.PathLike, reason: str) -> list[str]:
             if path.is_file():
                 path.unlink()
                 removed.append(str(path))
-    if (out / REPLAY_DIR).is_dir():
-        shutil.rmtree(out / REPLAY_DIR)
-        removed.append(str(out / REPLAY_DIR))
+    for folder in (REPLAY_DIR, COMPLETE_DIR):
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
+            removed.append(str(out / folder))
     log.warning(
         "discarding stale state in %s: %s; removed %s",
         out,

@@ -89,7 +89,7 @@ from valuescale.config import (
 from valuescale.replay_store import REPLAY_DIR
 from valuescale.rundir import discard as discard_state
 from valuescale.rundir import discard_stale as discard_stale_state
-from valuescale.rundir import stale_reason
+from valuescale.rundir import keep_complete_outputs, restore_complete_outputs, stale_reason
 
 log = logging.getLogger("valuescale.train")
 
@@ -639,6 +639,7 @@ class _Run:
         atomic_write_bytes(self.out_dir / curves_name, buf.getvalue())
         atomic_write_bytes(self.out_dir / summary_name, text.encode())
         if complete:
+            keep_complete_outputs(self.out_dir)  # before the checkpoint goes (rundir)
             for name in PROGRESS_NAMES:
                 (self.out_dir / name).unlink(missing_ok=True)
         return summary
@@ -884,6 +885,7 @@ def _run_held(
     compilation_cache: str | os.PathLike | None,
     discard_stale: bool,
 ) -> dict[str, Any]:
+    restore_complete_outputs(out)
     reason = stale_reason(out, cfg)
     if reason is not None:
         if not discard_stale:
@@ -922,6 +924,7 @@ def run_training(
     progress: bool | None = None,
     compilation_cache: str | os.PathLike | None = None,
     discard_stale: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
     summary (the content of run.json).
@@ -933,13 +936,14 @@ def run_training(
     log lines (False) or a bar only when stderr is a TTY (None). ``compilation_cache``: a
     directory for JAX's persistent compilation cache (see ``enable_compilation_cache``).
     The folder is held for the whole run (``hold_run_folder``): while another live process holds
-    it, this raises ``RunFolderBusy`` naming the folder and that process, and touches nothing.
+    it, this raises ``RunFolderBusy`` naming the folder and that process, and touches nothing, or
+    with ``wait`` waits for it to end first (then returns the run it completed, if it did).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"run_training: cfg must be a TrainConfig, got {type(cfg).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with hold_run_folder(out):
+    with hold_run_folder(out, wait=wait):
         return _run_held(cfg, out, progress, compilation_cache, discard_stale)
 
 
@@ -1012,6 +1016,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete state in --out that was written with other settings (checkpoint, progress, "
         "outputs; one log line says why) and start afresh, instead of stopping with exit 2; a "
         "resumable checkpoint is kept (the workflow's train rule passes it)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another live engine holds --out (an orphan of a killed Snakemake, say), wait "
+        "for it to end instead of stopping with exit 2; a run it completed is then returned as it "
+        "is (the workflow's train rule passes it)",
     )
     types: dict[str, Callable[[str], Any]] = {"seeds": _parse_seeds}
     for f in dataclasses.fields(TrainConfig):
@@ -1092,7 +1103,14 @@ def pin_threads(n: int) -> list[int]:
 
 
 #: the CLI's flags that are not training settings (``TrainConfig`` fields): how and where to run
-RUN_OPTIONS: tuple[str, ...] = ("out", "threads", "progress", "compilation_cache", "discard_stale")
+RUN_OPTIONS: tuple[str, ...] = (
+    "out",
+    "threads",
+    "progress",
+    "compilation_cache",
+    "discard_stale",
+    "wait",
+)
 
 
 def parse_cli(
@@ -1141,6 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=progress,
             compilation_cache=run["compilation_cache"],
             discard_stale=run["discard_stale"],
+            wait=run["wait"],
         )
     except (OutDirConflict, RunFolderBusy) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,8 @@
 # is deleted by the engine first, with a line in the log (--discard-stale, valuescale.rundir). The
 # engine replaces the job's shell (exec): a signal to the job reaches it and nothing outlives it. It
 # writes the outputs only when the run is complete (progress.* beside the checkpoint until then)
-# and holds the run folder while it trains (a second engine on it stops, naming the holder).
+# and holds the run folder while it trains: a rerun's engine (--wait) waits for an engine that
+# outlived a killed Snakemake, then returns the run it completed (kept in .complete/), untrained.
 
 
 rule train:
@@ -29,5 +30,5 @@ rule train:
     shell:
         "args='--env {wildcards.env} --agent {wildcards.agent} --utd {wildcards.utd}"
         " --width {wildcards.width} --batch-size {wildcards.batch_size} --lr {wildcards.lr}"
-        " {params.args} {params.run_args} --threads {threads} --discard-stale';"
+        " {params.args} {params.run_args} --threads {threads} --discard-stale --wait';"
         " exec python -m valuescale.train $args > {log} 2>&1"

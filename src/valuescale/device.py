@@ -96,12 +96,19 @@ class Device:
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int) -> None:
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.agent = agent = get_agent(cfg.agent)
-        self.acfg = acfg = cfg.agent_config
+        bind = getattr(agent, "bind", None)  # optional: run facts into the agent's config
+        self.acfg = acfg = cfg.agent_config if bind is None else bind(cfg.agent_config, cfg)
+        with_stats = getattr(agent, "with_stats", None)  # optional: host statistics -> state
         self.n_seeds = len(cfg.seeds)
         self.train_metrics, self.val_metrics = metric_names(cfg)
         d = obs_dim
         vinsert = jax.vmap(replay_insert)
         val_names = {k: v for k, v in VALIDATION_METRICS.items() if v in self.val_metrics}
+
+        def staged(state, stats):
+            """The agent states with the host's statistics (``stats``: per-seed arrays) in them;
+            unchanged for an agent without host statistics (``stats`` then ``{}``)."""
+            return state if with_stats is None else jax.vmap(with_stats)(state, stats)
 
         def next_action(state, key, obs, policy):
             """The policy's sample where ``policy`` (a traced bool), else uniform in [-1, 1]."""
@@ -113,13 +120,14 @@ class Device:
             )
             return key, jnp.where(policy, sampled, uniform)
 
-        def fused(carry: Carry, packed, n, policy) -> Carry:
+        def fused(carry: Carry, packed, n, policy, stats) -> Carry:
             reward, mask = packed[:, 0], packed[:, 1]
             next_obs, policy_obs = packed[:, 2 : 2 + d], packed[:, 2 + d :]
             replay = vinsert(carry.replay, carry.obs, carry.action, reward, mask, next_obs)
             t = carry.t + 1
+            state = staged(carry.agent, stats)
             # n = 0 (warm-up, or a step without update at sigma < 1): zero info, nothing changes
-            state, info = jax.vmap(lambda s, r: agent.update_n(s, r, acfg, n))(carry.agent, replay)
+            state, info = jax.vmap(lambda s, r: agent.update_n(s, r, acfg, n))(state, replay)
             finite = jnp.isfinite(info["critic_loss"]) & jnp.isfinite(info["actor_loss"])
             bad = jnp.where((carry.bad < 0) & ~finite, t, carry.bad)
             sums = {k: carry.sums[k] + info[k] * n for k in carry.sums}
@@ -136,9 +144,10 @@ class Device:
                 bad=bad,
             )
 
-        def refresh_action(carry: Carry, policy) -> Carry:
-            key, action = next_action(carry.agent, carry.key, carry.obs, policy)
-            return carry.replace(key=key, action=action)
+        def refresh_action(carry: Carry, policy, stats) -> Carry:
+            state = staged(carry.agent, stats)
+            key, action = next_action(state, carry.key, carry.obs, policy)
+            return carry.replace(agent=state, key=key, action=action)
 
         def val_act(val: ValCarry, state, policy) -> ValCarry:
             key, action = next_action(state, val.key, val.obs, policy)
@@ -232,13 +241,16 @@ class Device:
 
     # ----------------------------------------------------------------- calls
 
-    def fused(self, carry: Carry, packed: np.ndarray, n: int, policy: bool) -> Carry:
-        """Insert the transition, run ``n`` updates, compute the next actions (donates carry)."""
-        return self._fused(carry, packed, np.int32(n), np.bool_(policy))
+    def fused(
+        self, carry: Carry, packed: np.ndarray, n: int, policy: bool, stats: Any = None
+    ) -> Carry:
+        """Insert the transition, run ``n`` updates, compute the next actions (donates carry).
+        ``stats``: the host's statistics (``HostStats.device``), None without."""
+        return self._fused(carry, packed, np.int32(n), np.bool_(policy), stats or {})
 
-    def refresh(self, carry: Carry, policy: bool) -> Carry:
+    def refresh(self, carry: Carry, policy: bool, stats: Any = None) -> Carry:
         """Recompute the pending actions with the current agent (after a reset)."""
-        return self._refresh(carry, np.bool_(policy))
+        return self._refresh(carry, np.bool_(policy), stats or {})
 
     def val_act(self, val: ValCarry, agent: Any, policy: bool) -> ValCarry:
         """Compute the validation envs' next actions."""
@@ -272,3 +284,42 @@ class Device:
     def backend() -> str:
         """JAX's default backend (cpu, gpu, tpu)."""
         return jax.default_backend()
+
+
+class HostStats:
+    """The host side of an agent with running statistics (a SimbaV2-like agent: observation
+    normalisation and reward scaling kept in float64 on the host), through its optional hooks:
+
+    - ``host_init(cfg, n_seeds, obs_dim) -> H``: the statistics of every seed, a dict of numpy
+      arrays (float64, seed axis first), checkpointed as they are;
+    - ``host_observe(cfg, H, obs) -> H``: every observation the policy acts on in training
+      (``obs`` [S, obs_dim] float64: the reset observations, then each step's next observation,
+      or the new episode's first), before the action for it is computed; never in evaluation
+      or validation;
+    - ``host_reward(cfg, H, reward, terminated, truncated) -> H``: every training env step
+      (arrays [S]; float64 rewards, bool flags), before ``host_observe`` of its next observation;
+    - ``host_device(cfg, H) -> stats``: what the device functions get (float32 arrays, seed axis
+      first), put into the agent states by ``with_stats(state, stats) -> state`` (one seed, traced)
+      before every update and every refresh of the pending actions.
+
+    An agent without ``host_init`` has no statistics: every call here is a no-op.
+    """
+
+    def __init__(self, agent: Any, acfg: Any, n_seeds: int, obs_dim: int) -> None:
+        self._agent, self._cfg = agent, acfg
+        self.active = hasattr(agent, "host_init")
+        self.state: Any = agent.host_init(acfg, n_seeds, obs_dim) if self.active else None
+
+    def observe(self, obs: np.ndarray) -> None:
+        if self.active:
+            self.state = self._agent.host_observe(self._cfg, self.state, obs.astype(np.float64))
+
+    def reward(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
+        if self.active:
+            self.state = self._agent.host_reward(
+                self._cfg, self.state, reward.astype(np.float64), terminated, truncated
+            )
+
+    def device(self) -> Any:
+        """The statistics for the device functions (None for an agent without them)."""
+        return self._agent.host_device(self._cfg, self.state) if self.active else None

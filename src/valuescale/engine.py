@@ -126,7 +126,7 @@ class _Run:
     """Host side of one training run (envs, counters, logs) around the device carry."""
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, progress: bool | None) -> None:
-        from valuescale.device import Device
+        from valuescale.device import Device, HostStats
         from valuescale.envs import make_env
 
         self.cfg, self.out_dir = cfg, out_dir
@@ -146,6 +146,14 @@ class _Run:
         atomic_cache_entries()  # also for a cache set through JAX's own settings
         self.dev = Device(cfg, self.obs_dim, self.act_dim)
         self.train_metrics, self.val_metrics = self.dev.train_metrics, self.dev.val_metrics
+        # the agent's running statistics on the host (none for BRO), checkpointed as they are
+        self.host = HostStats(self.dev.agent, self.dev.acfg, self.n_seeds, self.obs_dim)
+        self._raw = {
+            "obs": np.zeros((self.n_seeds, self.obs_dim), np.float64),
+            "reward": np.zeros(self.n_seeds, np.float64),
+            "terminated": np.zeros(self.n_seeds, bool),
+            "truncated": np.zeros(self.n_seeds, bool),
+        }
         # Host state (all of it goes into the checkpoint).
         self.t = 0
         self.grad_steps = 0
@@ -256,7 +264,7 @@ class _Run:
     def _reset_agent(self) -> None:
         self.resets.append(self.t)
         self.carry = self.carry.replace(agent=self.dev.init_agent(len(self.resets)))
-        self.carry = self.dev.refresh(self.carry, self._policy(self.t))
+        self.carry = self.dev.refresh(self.carry, self._policy(self.t), self.host.device())
 
     # ----------------------------------------------------------------- state
 
@@ -264,7 +272,9 @@ class _Run:
         shutil.rmtree(self.out_dir / REPLAY_DIR, ignore_errors=True)  # of no checkpoint
         self._replay_records = {}
         obs = np.stack([env.reset() for env in self.envs])
-        self.carry = self.dev.refresh(self.dev.init_carry(obs), self._policy(0))
+        self.host.observe(obs)
+        carry = self.dev.init_carry(obs)
+        self.carry = self.dev.refresh(carry, self._policy(0), self.host.device())
         if self.cfg.validation:
             vobs = np.stack([env.reset() for env in self.val_envs])
             self.val = self.dev.init_val(vobs)
@@ -304,6 +314,7 @@ class _Run:
             "resumed_at": list(self.resumed_at),
             "last_return": self.last_return,
             "carry": tree_to_numpy(no_replay),
+            "host_stats": self.host.state,
             "val": tree_to_numpy(self.val.replace(replay=None)) if self.cfg.validation else None,
             "envs": [env.get_state() for env in self.envs],
             "eval_envs": [[env.get_state() for env in row] for row in self.eval_envs],
@@ -353,6 +364,7 @@ class _Run:
         self.wall_before = float(ckpt["wall_time_s"])
         self.resumed_at = list(ckpt["resumed_at"]) + [self.t]
         self.last_return = ckpt["last_return"]
+        self.host.state = ckpt.get("host_stats")
 
     # ----------------------------------------------------------------- outputs
 
@@ -482,11 +494,16 @@ class _Run:
         cfg = self.cfg
         while self.t < cfg.steps:
             actions = np.asarray(self.carry.action)
-            self._step_envs(self.envs, actions, packed, self.t + 1)
+            raw = self._raw if self.host.active else None
+            self._step_envs(self.envs, actions, packed, self.t + 1, raw)
             if self._nan_at is not None and self._nan_at[1] == self.t + 1:
                 packed[self._nan_at[0], 0] = np.nan
+            if raw is not None:
+                self.host.reward(raw["reward"], raw["terminated"], raw["truncated"])
+                self.host.observe(raw["obs"])
             n = self._updates_after(self.t)
-            self.carry = self.dev.fused(self.carry, packed, n, self._policy(self.t + 1))
+            stats = self.host.device()
+            self.carry = self.dev.fused(self.carry, packed, n, self._policy(self.t + 1), stats)
             self.t += 1
             self.grad_steps += n
             t = self.t
@@ -513,9 +530,16 @@ class _Run:
                 raise Interrupted(stop.signum, t)
 
     def _step_envs(
-        self, envs: Sequence, actions: np.ndarray, packed: np.ndarray, step: int
+        self,
+        envs: Sequence,
+        actions: np.ndarray,
+        packed: np.ndarray,
+        step: int,
+        raw: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Step ``envs`` with ``actions`` and pack (reward, mask, next_obs, policy_obs) per seed."""
+        """Step ``envs`` with ``actions`` and pack (reward, mask, next_obs, policy_obs) per seed
+        (float32); ``raw`` (for the host statistics) also gets each seed's float64 reward and
+        policy observation and its terminated and truncated flags."""
         d = self.obs_dim
         for i, env in enumerate(envs):
             a = actions[i]
@@ -528,7 +552,13 @@ class _Run:
             packed[i, 0] = reward
             packed[i, 1] = 0.0 if terminated else 1.0
             packed[i, 2 : 2 + d] = obs
-            packed[i, 2 + d :] = env.reset() if (terminated or truncated) else obs
+            policy_obs = env.reset() if (terminated or truncated) else obs
+            packed[i, 2 + d :] = policy_obs
+            if raw is not None:
+                raw["obs"][i] = policy_obs
+                raw["reward"][i] = reward
+                raw["terminated"][i] = terminated
+                raw["truncated"][i] = truncated
 
     def _validation_step(self, vpacked: np.ndarray) -> None:
         policy = self._policy(self.t)

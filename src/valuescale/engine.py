@@ -400,43 +400,15 @@ class _Run:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # None outside SLURM
         }
 
-    def _curves(self) -> Any:
-        import pandas as pd
-
-        cfg = self.cfg
-        df = pd.DataFrame(
-            {
-                "seed": np.asarray(self.rows["seed"], np.int64),
-                "step": np.asarray(self.rows["step"], np.int64),
-                "metric": pd.Series(self.rows["metric"], dtype=object),
-                "value": np.asarray(self.rows["value"], np.float64),
-            }
-        )
-        keep = np.ones(len(df), bool)
-        for i, step in self.diverged.items():
-            keep &= ~((df["seed"].to_numpy() == cfg.seeds[i]) & (df["step"].to_numpy() >= step))
-        df = df[keep]
-        constants = {
-            "env": cfg.env,
-            "agent": cfg.agent,
-            "utd": float(cfg.utd),
-            "width": int(cfg.critic_width),
-            "critic_params": int(self.critic_params),
-            "batch_size": int(cfg.batch_size),
-            "lr": float(cfg.lr),
-        }
-        for k, v in constants.items():
-            df[k] = v
-        df = df.sort_values(["seed", "metric", "step"], kind="stable").reset_index(drop=True)
-        return df[list(CURVE_COLUMNS)]
-
     def _write_outputs(self, complete: bool) -> dict[str, Any]:
         """The run's outputs (``OUTPUT_NAMES``) once it is complete, and only then; before that
         its progress (``PROGRESS_NAMES``, beside the checkpoint), so that nothing that reads a run
         folder can take an unfinished run for a finished one."""
         summary = self._summary(complete)
         buf = io.BytesIO()
-        self._curves().to_parquet(buf, index=False)
+        curves_frame(self.cfg, self.rows, self.diverged, self.critic_params).to_parquet(
+            buf, index=False
+        )
         text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
         curves_name, summary_name = OUTPUT_NAMES if complete else PROGRESS_NAMES
         atomic_write_bytes(self.out_dir / curves_name, buf.getvalue())
@@ -476,21 +448,17 @@ class _Run:
         S, d = self.n_seeds, self.obs_dim
         packed = np.zeros((S, 2 + 2 * d), np.float32)
         vpacked = np.zeros((S, 2 + 2 * d), np.float32)
-        bar = self._progress_bar()
-        self._mark = (time.perf_counter(), self.t, self.grad_steps)
-        self._rates = (float("nan"), float("nan"))
-        self._last_line = time.perf_counter()
+        progress = _Progress(cfg, self.t, self.grad_steps, self.progress)
         with _StopSignals() as stop:
-            self._loop(bar, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop)
-        if bar is not None:
-            bar.close()
+            self._loop(progress, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop)
+        progress.close()
         summary = self._write_outputs(complete=True)
         if ckpt_path.exists():
             ckpt_path.unlink()
         shutil.rmtree(self.out_dir / REPLAY_DIR, ignore_errors=True)
         return summary
 
-    def _loop(self, bar, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop) -> None:
+    def _loop(self, progress, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop) -> None:
         cfg = self.cfg
         while self.t < cfg.steps:
             actions = np.asarray(self.carry.action)
@@ -519,14 +487,13 @@ class _Run:
                 self._save_checkpoint(ckpt_path)
                 self._write_outputs(complete=False)
             if t % 100 == 0 or t == cfg.steps or t in eval_steps:
-                self._report(bar, t in eval_steps)
+                progress.report(t, self.grad_steps, self.last_return, t in eval_steps)
             if stop.signum is not None and t < cfg.steps:
                 # SIGTERM (scancel, preemption, a killed Snakemake) or SIGINT: keep every step
                 # done so far, then stop; the next start resumes from here
                 self._save_checkpoint(ckpt_path)
                 self._write_outputs(complete=False)
-                if bar is not None:
-                    bar.close()
+                progress.close()
                 raise Interrupted(stop.signum, t)
 
     def _step_envs(
@@ -568,50 +535,97 @@ class _Run:
         self._step_envs(self.val_envs, actions, vpacked, self.t)
         self.val = self.dev.val_insert(self.val, agent, vpacked, self.grad_steps > 0)
 
-    def _report(self, bar: Any, evaluated: bool) -> None:
-        """Progress bar update, or (without a bar) a log line after evaluations and every minute.
-        Rates are measured over windows of at least 2 s (compilation shows up only at first)."""
+
+class _Progress:
+    """Progress of a run: a tqdm bar, or (without one) a log line after evaluations, every minute
+    and at the end. Rates are measured over windows of at least 2 s (compilation shows up only at
+    first)."""
+
+    def __init__(self, cfg: TrainConfig, t: int, grad_steps: int, bar: bool) -> None:
+        self.cfg = cfg
+        self.bar: Any = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=cfg.steps,
+                initial=t,
+                unit="step",
+                desc=f"{cfg.env} utd={cfg.utd:g} W={cfg.critic_width}",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        self._mark = (time.perf_counter(), t, grad_steps)
+        self._rates = (float("nan"), float("nan"))
+        self._last_line = time.perf_counter()
+
+    def report(self, t: int, grad_steps: int, last_return: float | None, evaluated: bool) -> None:
         now = time.perf_counter()
         mark_time, mark_t, mark_g = self._mark
         if now - mark_time >= 2.0:
             dt = now - mark_time
-            self._rates = ((self.t - mark_t) / dt, (self.grad_steps - mark_g) / dt)
-            self._mark = (now, self.t, self.grad_steps)
+            self._rates = ((t - mark_t) / dt, (grad_steps - mark_g) / dt)
+            self._mark = (now, t, grad_steps)
         env_rate, update_rate = self._rates
-        ret = "-" if self.last_return is None else f"{self.last_return:.1f}"
-        if bar is not None:
-            bar.update(self.t - bar.n)
-            bar.set_postfix(
+        ret = "-" if last_return is None else f"{last_return:.1f}"
+        if self.bar is not None:
+            self.bar.update(t - self.bar.n)
+            self.bar.set_postfix(
                 env_steps_s=f"{env_rate:.0f}",
                 updates_s=f"{update_rate:.0f}",
                 eval_return=ret,
                 refresh=False,
             )
-        elif evaluated or now - self._last_line >= 60.0 or self.t == self.cfg.steps:
+        elif evaluated or now - self._last_line >= 60.0 or t == self.cfg.steps:
             self._last_line = now
             log.info(
                 "%s step %d/%d  %.0f env steps/s  %.0f updates/s  last eval return %s",
                 self.cfg.env,
-                self.t,
+                t,
                 self.cfg.steps,
                 env_rate,
                 update_rate,
                 ret,
             )
 
-    def _progress_bar(self) -> Any:
-        if not self.progress:
-            return None
-        from tqdm import tqdm
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
-        return tqdm(
-            total=self.cfg.steps,
-            initial=self.t,
-            unit="step",
-            desc=f"{self.cfg.env} utd={self.cfg.utd:g} W={self.cfg.critic_width}",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
+
+def curves_frame(
+    cfg: TrainConfig, rows: dict[str, list], diverged: dict[int, int], critic_params: int
+) -> Any:
+    """The long curves table (columns ``CURVE_COLUMNS``) of the logged ``rows``, without the rows
+    of a diverged seed from its divergence step on, sorted by seed, metric and step."""
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "seed": np.asarray(rows["seed"], np.int64),
+            "step": np.asarray(rows["step"], np.int64),
+            "metric": pd.Series(rows["metric"], dtype=object),
+            "value": np.asarray(rows["value"], np.float64),
+        }
+    )
+    keep = np.ones(len(df), bool)
+    for i, step in diverged.items():
+        keep &= ~((df["seed"].to_numpy() == cfg.seeds[i]) & (df["step"].to_numpy() >= step))
+    df = df[keep]
+    constants = {
+        "env": cfg.env,
+        "agent": cfg.agent,
+        "utd": float(cfg.utd),
+        "width": int(cfg.critic_width),
+        "critic_params": int(critic_params),
+        "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr),
+    }
+    for k, v in constants.items():
+        df[k] = v
+    df = df.sort_values(["seed", "metric", "step"], kind="stable").reset_index(drop=True)
+    return df[list(CURVE_COLUMNS)]
 
 
 class Interrupted(Exception):

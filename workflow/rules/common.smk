@@ -207,7 +207,7 @@ def _check_envs(envs):
 
 def build_train_jobs(cfg):
     """All train jobs of the grid (deduplicated, in config order) after cross-field checks."""
-    from valuescale.config import AGENTS
+    from valuescale.config import AGENTS, setting_fields
 
     jobs = {}
     env_keys = []
@@ -232,8 +232,12 @@ def build_train_jobs(cfg):
                         f"batch size {batch_size} is larger than the replay buffer "
                         f"(train.replay_size = {settings['replay_size']}) for env {env}",
                     )
+            resets = any(
+                "reset_interval" in {f.name for f in setting_fields(agent)}
+                for agent in block["agents"]
+            )
             for utd in block["utd"]:
-                reset = settings["reset_interval"]
+                reset = settings["reset_interval"] if resets else 0
                 if reset and round(reset / utd) < 1:
                     raise config_error(
                         "train.reset_interval",

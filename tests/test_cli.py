@@ -64,17 +64,16 @@ def test_bad_flags_exit_2_naming_the_flag(
 
 
 def test_every_config_field_has_a_documented_flag() -> None:
-    import dataclasses
+    from valuescale.agents import AGENTS
+    from valuescale.config import setting_fields
 
-    from valuescale.config import TrainConfig
-
+    for agent in AGENTS:  # the loop's settings and each agent's
+        actions = {a.dest: a for a in build_parser(agent)._actions}
+        for f in setting_fields(agent):
+            assert f.name in actions, (agent, f.name)
+            assert actions[f.name].help, (agent, f.name)
+            assert f.name in ("env", "agent") or actions[f.name].default == f.default
     parser = build_parser()
-    actions = {a.dest: a for a in parser._actions}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name.startswith("_"):
-            continue
-        assert f.name in actions, f.name
-        assert actions[f.name].help, f.name
     args = parser.parse_args(["--env", "walker-run", "--out", "x", "--seeds", "0-2,7"])
     assert args.seeds == (0, 1, 2, 7) and args.critic_width == 512
 

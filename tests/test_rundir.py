@@ -209,7 +209,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, TrainConfig]:
     """A real checkpoint at env step 200 of the train job of ``study(200)``, with exactly the
     engine config the workflow passes (read from the dry-run's shell command): a folder holding
     ``checkpoint.pkl`` and ``replay/``, and that config."""
-    import valuescale.train as engine
+    import valuescale.engine as engine
 
     tmp = tmp_path_factory.mktemp("checkpoint")
     text = run_snakemake(tmp / "plan", study(200), "-n", "-p", f"{RUN}/curves.parquet")

@@ -84,8 +84,8 @@ def test_config_derived_values_round_trip_and_agent_config() -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="nope"):
         TrainConfig.from_dict({**cfg.to_dict(), "nope": 1})
-    bro_cfg = cfg.bro_config()
-    assert (bro_cfg.critic_lr, bro_cfg.actor_lr) == (1e-3, 1e-3)
+    bro_cfg = cfg.agent_config
+    assert (bro_cfg.critic_learning_rate, bro_cfg.actor_learning_rate) == (1e-3, 1e-3)
     assert bro_cfg.critic_width == cfg.critic_width and bro_cfg.batch_size == cfg.batch_size
 
 
@@ -110,7 +110,7 @@ def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
     assert run_json["reset_steps"] == [150, 300, 450]
     # The agents restarted at env step 450: their own update counters hold the updates since,
     # floor(400 * 1.5) - floor(250 * 1.5) = 225 (post-warm-up env steps 250..399).
-    np.testing.assert_array_equal(np.asarray(run.carry["agent"].step), [225, 225])
+    np.testing.assert_array_equal(np.asarray(run.carry.agent.step), [225, 225])
     assert run_json["config"]["utd"] == 1.5 and run_json["config"]["seeds"] == [0, 1]
     for package in ("jax", "flax", "optax", "dm_control", "mujoco", "numpy", "valuescale"):
         assert run_json["versions"][package], package
@@ -204,7 +204,7 @@ def test_validation_and_passive_critic_metrics(tmp_path: Path) -> None:
         assert sorted(rows["step"]) == [300, 400], metric
         assert (rows["value"] > 0).all() and np.isfinite(rows["value"]).all()
     # The held-out buffer got one transition every 5 env steps (none from the training env).
-    assert int(run.val["replay"].size[0]) == 400 // 5
+    assert int(run.val.replay.size[0]) == 400 // 5
 
 
 def _random_return(env_name: str, seeds: list[int], steps: int) -> float:

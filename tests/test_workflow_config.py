@@ -178,18 +178,58 @@ def load_schema() -> dict:
 
 
 def test_train_settings_are_the_engines_config_fields_with_its_defaults():
-    from valuescale.config import TrainConfig
+    """The schema's train block is the one the package derives from the loop's and every
+    registered agent's settings (keys, types, bounds, defaults, descriptions): regenerate it with
+    ``python -m valuescale.config --write-schema`` after changing a setting."""
+    from valuescale.agents import AGENTS, config_class
+    from valuescale.config import PATH_SETTINGS, loop_fields, train_settings_schema
+    from valuescale.settings import public_fields
 
-    in_path = {"env", "agent", "seeds", "utd", "critic_width", "batch_size", "lr"}
-    engine = {
-        f.name: f.default
-        for f in dataclasses.fields(TrainConfig)
-        if not f.name.startswith("_") and f.name not in in_path
-    }
-    schema = load_schema()["$defs"]["train_settings"]["properties"]
-    assert set(schema) == set(engine)
-    for key, spec in schema.items():
-        assert spec["default"] == engine[key], key
+    block = load_schema()["$defs"]["train_settings"]
+    assert block == train_settings_schema()
+    settings = [f for f in loop_fields() if f.name not in PATH_SETTINGS]
+    for agent in AGENTS:
+        settings += [f for f in public_fields(config_class(agent)) if f.name not in PATH_SETTINGS]
+    assert set(block["properties"]) == {f.name for f in settings}
+    for f in settings:  # with one agent, every default is that agent's
+        if len(AGENTS) == 1:
+            assert block["properties"][f.name]["default"] == f.default, f.name
+
+
+def test_a_setting_shared_by_two_agents_with_other_defaults_defaults_to_null(monkeypatch):
+    """Two agents declaring one setting with different defaults: the schema's default is null
+    (each agent's own); the same bounds are required."""
+
+    import valuescale.agents as agents
+    from valuescale.config import train_settings_schema
+    from valuescale.settings import setting
+
+    bro = agents.config_class("bro")
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        critic_width: int = setting(512, low=1)
+        """W."""
+        batch_size: int = setting(256, low=1)
+        """B."""
+        lr: float = setting(1e-4, low=0.0, low_open=True)
+        """eta."""
+        discount: float = setting(0.995, low=0.0, high=1.0)
+        """gamma."""
+        n_atoms: int = setting(101, low=2)
+        """Atoms."""
+
+    classes = {"bro": bro, "other": Other}
+    monkeypatch.setattr(agents, "config_class", classes.__getitem__)
+    monkeypatch.setattr("valuescale.config.config_class", classes.__getitem__)
+    props = train_settings_schema(("bro", "other"))["properties"]
+    assert props["discount"]["default"] is None and props["discount"]["type"] == ["number", "null"]
+    assert "bro 0.99, other 0.995" in props["discount"]["description"]
+    assert (
+        props["n_atoms"]["default"] == 101 and props["n_atoms"]["description"] == "(other) Atoms."
+    )
+    assert props["n_quantiles"]["description"].startswith("(bro) ")
+    assert "batch_size" not in props and "lr" not in props  # path settings
 
 
 def _walk(node: dict, where: str):

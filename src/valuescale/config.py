@@ -10,7 +10,12 @@ integer sigma that is sigma updates every step; sigma = 0.25 gives one update ev
 sigma = 1.5 alternates 1 and 2 updates. After T post-warm-up env steps the agent has taken exactly
 ``floor(T * sigma)`` gradient steps (:meth:`TrainConfig.gradient_steps_after`).
 
-Reset schedule: ``reset_interval`` is in gradient steps, as in the paper (2.5M). Resets are
+Settings: the loop's are ``TrainConfig``'s fields, the agent's those of its config class
+(``valuescale.agents``); each is declared once (``valuescale.settings``), and the CLI, run.json and
+the workflow schema's ``train`` block derive from those declarations (``train_settings_schema``;
+``python -m valuescale.config --write-schema`` rewrites the schema's block).
+
+Reset schedule: ``reset_interval`` (an agent setting; BRO's) is in gradient steps, as in the paper (2.5M). Resets are
 scheduled in env steps, at every positive multiple of ``round(reset_interval / utd)`` env steps
 below ``steps`` (:attr:`TrainConfig.reset_every_env_steps`), which is where the analysis looks for
 post-reset dips (multiples of 2.5M/sigma env steps).
@@ -23,6 +28,12 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
+
+from valuescale.agents import AGENTS as _REGISTRY
+from valuescale.agents import RESERVED_AGENTS as RESERVED_AGENTS
+from valuescale.agents import config_class
+from valuescale.agents.base import GRID_FIELDS
+from valuescale.settings import ConfigError, check_fields, field_docs, public_fields, setting
 
 CURVE_COLUMNS: tuple[str, ...] = (
     "env",
@@ -39,99 +50,111 @@ CURVE_COLUMNS: tuple[str, ...] = (
 )
 """Columns of the engine's long ``curves.parquet`` format, in order (the analysis reads the same)."""
 
-AGENTS: tuple[str, ...] = ("bro",)
-"""Implemented agents."""
-RESERVED_AGENTS: tuple[str, ...] = ("simbav2",)
-"""Agents with a reserved name that are not implemented yet."""
+AGENTS: tuple[str, ...] = tuple(_REGISTRY)
+"""Implemented agents (``valuescale.agents.AGENTS``)."""
 
 #: Fields that may differ between a checkpoint and the config that resumes it: they do not change
 #: the trajectory up to the checkpoint (``steps`` may be raised to extend a run).
 RESUMABLE_CHANGES: tuple[str, ...] = ("steps", "checkpoint_every")
 
-
-class ConfigError(ValueError):
-    """A bad ``TrainConfig`` value; ``field`` names the offending field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
+#: Settings that are part of a cell's run path (wildcards), not of the schema's ``train`` block.
+PATH_SETTINGS: tuple[str, ...] = ("env", "agent", "seeds", "utd", *GRID_FIELDS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrainConfig:
-    """One training cell: environment, agent hyperparameters, seeds and the loop's schedule."""
+    """One training cell: environment, seeds and the loop's schedule (the fields below), and the
+    agent's hyperparameters (``agent_config``, an instance of the agent's config class).
 
-    env: str
+    Built flat: ``TrainConfig("cheetah-run", agent="bro", utd=2, critic_width=256, ...)`` takes
+    the loop settings and the agent's settings as keyword arguments (an ``agent_config`` instance
+    may be given instead, with settings on top); the agent's settings read as attributes too
+    (``cfg.critic_width``). ``to_dict`` is flat as well (``run.json``'s ``config``).
+    """
+
+    env: str = setting("")
     """Environment name (paper names such as ``cheetah-run``, ``finger-turn``; any dm_control
     suite task as ``<domain>-<task>``; HumanoidBench ids such as ``h1-crawl-v0``)."""
-    agent: str = "bro"
-    """Agent: ``bro`` (``simbav2`` is reserved for later)."""
+    agent: str = setting("bro")
+    """Agent (``valuescale.agents.AGENTS``): bro (simbav2 is reserved)."""
     seeds: tuple[int, ...] = (0,)
     """Seeds trained together in one process (leading seed axis); each a distinct int >= 0."""
-    utd: float = 1.0
+    utd: float = setting(1.0, low=0.0, low_open=True)
     """UTD ratio sigma: gradient updates per env step (fractional: one update every 1/sigma
     steps; see the module docstring)."""
-    steps: int = 1_000_000
-    """Environment steps per seed (warm-up included)."""
-    critic_width: int = 512
-    """Hidden width W of each critic head (the critic-size knob; N follows from it)."""
-    critic_depth: int = 2
-    """Residual blocks of each critic head."""
-    actor_width: int = 256
-    """Hidden width of the actor."""
-    actor_depth: int = 1
-    """Residual blocks of the actor."""
-    batch_size: int = 128
-    """Transitions per gradient step (B)."""
-    lr: float = 3e-4
-    """Learning rate eta of actor and critic (AdamW); the temperature keeps BRO's 3e-4."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay of actor and critic."""
-    discount: float = 0.99
-    """Discount gamma."""
-    tau: float = 0.005
-    """Polyak rate of the target critic."""
-    n_quantiles: int = 100
-    """Quantiles per critic head."""
-    init_temperature: float = 1.0
-    """Initial entropy temperature alpha."""
-    target_entropy_scale: float = 0.5
-    """Target entropy is ``-target_entropy_scale * act_dim``."""
-    reset_interval: int = 2_500_000
-    """Gradient steps between full resets of all networks and optimiser states (0: never)."""
-    replay_size: int = 1_000_000
-    """Replay capacity per seed (transitions); at least ``batch_size``."""
-    warmup_steps: int = 2_500
-    """Env steps with uniform random actions and no training at the start."""
-    eval_interval: int = 25_000
+    steps: int = setting(1_000_000, low=1)
+    """Environment steps per seed, warm-up included."""
+    replay_size: int = setting(1_000_000, low=1)
+    """Replay capacity per seed in transitions; must be >= the batch size."""
+    warmup_steps: int = setting(2_500, low=0)
+    """Env steps with uniform random actions and no updates at the start."""
+    eval_interval: int = setting(25_000, low=1)
     """Env steps between deterministic evaluations (one more at the end)."""
-    eval_episodes: int = 5
+    eval_episodes: int = setting(5, low=1)
     """Episodes per evaluation (deterministic policy, separate eval envs)."""
-    validation: bool = False
-    """Fill a held-out replay from a second env (different seed) stepped with the same policy every
-    ``validation_every`` env steps, and log ``validation_critic_loss`` on one batch from it."""
-    validation_every: int = 10
-    """k: env steps between validation env steps / validation losses."""
-    passive_critic: bool = False
-    """Train a passive critic on the main critic's TD targets; log ``passive_critic_loss``."""
-    passive_critic_width: int = 512
-    """Hidden width of the passive critic's heads."""
-    checkpoint_every: int = 50_000
-    """Env steps between checkpoints in the output dir (0: never)."""
-    log_interval: int = 1_000
+    validation: bool = setting(False)
+    """TD-overfitting instrumentation: a held-out replay filled from a second env (another seed)
+    stepped with the same policy every validation_every env steps, and the critic's validation
+    TD loss on one batch from it (metric validation_critic_loss)."""
+    validation_every: int = setting(10, low=1)
+    """Env steps between validation-env steps / validation losses (k)."""
+    checkpoint_every: int = setting(50_000, low=0)
+    """Env steps between atomic checkpoints in the run folder (0 = never)."""
+    log_interval: int = setting(1_000, low=1)
     """Env steps over which training metrics are averaged into one logged value."""
-    max_episode_steps: int = 1_000
-    """Episode length (time limit, a truncation that is bootstrapped through)."""
+    max_episode_steps: int = setting(1_000, low=1)
+    """Episode length (a time limit that is bootstrapped through)."""
+    agent_config: Any = None
+    """The agent's hyperparameters (an instance of ``valuescale.agents.config_class(agent)``)."""
     _debug_nan_reward: tuple[int, int] | None = field(default=None, repr=False)
     """Test hook: ``(seed, step)`` replaces that seed's reward at that env step with NaN."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, env: str, agent: str = "bro", **settings: Any) -> None:
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "agent", agent)
         _check_str(self, "env")
         _check_str(self, "agent")
-        if self.agent in RESERVED_AGENTS:
-            raise ConfigError("agent", f"{self.agent!r} is reserved but not implemented yet")
-        if self.agent not in AGENTS:
-            raise ConfigError("agent", f"unknown agent {self.agent!r}; valid: {', '.join(AGENTS)}")
+        try:
+            agent_cls = config_class(agent)
+        except KeyError as e:
+            raise ConfigError("agent", e.args[0]) from None
+        given = settings.pop("agent_config", None)
+        loop = {f.name: f for f in dataclasses.fields(TrainConfig)}
+        agent_names = {f.name for f in dataclasses.fields(agent_cls)}
+        agent_settings = {k: settings.pop(k) for k in list(settings) if k in agent_names}
+        unknown = sorted(k for k in settings if k not in loop or k in ("env", "agent"))
+        if unknown:
+            raise ConfigError(
+                unknown[0],
+                f"not a setting of the loop or of agent {agent!r}: {', '.join(unknown)}",
+            )
+        for name, f in loop.items():
+            if name not in ("env", "agent", "agent_config"):
+                object.__setattr__(self, name, settings.get(name, f.default))
+        if given is None:
+            built = agent_cls(**agent_settings)
+        elif not isinstance(given, agent_cls):
+            raise ConfigError(
+                "agent_config",
+                f"agent {agent!r} takes a {agent_cls.__name__}, got {type(given).__name__}",
+            )
+        else:
+            built = dataclasses.replace(given, **agent_settings) if agent_settings else given
+        object.__setattr__(self, "agent_config", built)
+        self._check()
+
+    def __getattr__(self, name: str) -> Any:
+        """The agent's settings read as attributes (``cfg.critic_width``, ``cfg.batch_size``)."""
+        if name.startswith("__") or name == "agent_config":
+            raise AttributeError(name)
+        agent_config = self.__dict__.get("agent_config")
+        if agent_config is not None and name in {f.name for f in dataclasses.fields(agent_config)}:
+            return getattr(agent_config, name)
+        raise AttributeError(
+            f"{type(self).__name__} (agent {self.agent!r}) has no setting {name!r}"
+        )
+
+    def _check(self) -> None:
         seeds = self.seeds
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             seeds = (seeds,)
@@ -143,38 +166,9 @@ class TrainConfig:
         if len(set(seeds)) != len(seeds):
             raise ConfigError("seeds", f"seeds must be distinct, got {list(seeds)}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
-
-        _check_number(self, "utd", low=0.0, low_open=True)
+        check_fields(self)
         if _is_int(self.utd):
             object.__setattr__(self, "utd", float(self.utd))
-        for name in (
-            "steps",
-            "critic_width",
-            "critic_depth",
-            "actor_width",
-            "actor_depth",
-            "batch_size",
-            "n_quantiles",
-            "replay_size",
-            "eval_interval",
-            "eval_episodes",
-            "validation_every",
-            "passive_critic_width",
-            "log_interval",
-            "max_episode_steps",
-        ):
-            _check_int(self, name, 1)
-        for name in ("reset_interval", "warmup_steps", "checkpoint_every"):
-            _check_int(self, name, 0)
-        _check_number(self, "lr", low=0.0, low_open=True)
-        _check_number(self, "weight_decay", low=0.0)
-        _check_number(self, "discount", low=0.0, high=1.0)
-        _check_number(self, "tau", low=0.0, high=1.0, low_open=True)
-        _check_number(self, "init_temperature", low=0.0, low_open=True)
-        _check_number(self, "target_entropy_scale")
-        for name in ("validation", "passive_critic"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be a bool, got {getattr(self, name)!r}")
         if self.replay_size < self.batch_size:
             raise ConfigError(
                 "replay_size",
@@ -201,7 +195,12 @@ class TrainConfig:
     @property
     def width(self) -> int:
         """The paper's width (the critic's)."""
-        return self.critic_width
+        return self.agent_config.critic_width
+
+    @property
+    def reset_interval(self) -> int:
+        """Gradient steps between full resets: the agent's ``reset_interval`` (0 without one)."""
+        return int(getattr(self.agent_config, "reset_interval", 0))
 
     @property
     def utd_fraction(self) -> Fraction:
@@ -216,6 +215,11 @@ class TrainConfig:
     def gradient_steps_after(self, env_steps_after_warmup: int) -> int:
         """Total gradient steps after that many post-warm-up env steps."""
         return math.floor(max(0, env_steps_after_warmup) * self.utd_fraction)
+
+    @property
+    def total_updates(self) -> int:
+        """Gradient steps of the whole run (``steps`` env steps, warm-up included)."""
+        return self.gradient_steps_after(self.steps - self.warmup_steps)
 
     @property
     def reset_every_env_steps(self) -> int:
@@ -239,65 +243,37 @@ class TrainConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of all public fields (the resolved config)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain JSON-able dict of every setting, the loop's then the agent's (the resolved
+        config of ``run.json`` and checkpoints)."""
+        out = {f.name: getattr(self, f.name) for f in loop_fields()}
         out["seeds"] = list(self.seeds)
-        out.pop("_debug_nan_reward")
+        out.update(dataclasses.asdict(self.agent_config))
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown TrainConfig key(s): {', '.join(unknown)}")
         data = dict(data)
+        if "env" not in data:
+            raise ConfigError("env", "missing")
         if "seeds" in data:
             data["seeds"] = tuple(data["seeds"])
         return cls(**data)
 
-    def bro_config(self) -> Any:
-        """The agent's ``BROConfig`` (imports JAX)."""
-        from valuescale.agents.bro import BROConfig
 
-        return BROConfig(
-            critic_width=self.critic_width,
-            critic_depth=self.critic_depth,
-            actor_width=self.actor_width,
-            actor_depth=self.actor_depth,
-            n_quantiles=self.n_quantiles,
-            batch_size=self.batch_size,
-            critic_lr=self.lr,
-            actor_lr=self.lr,
-            weight_decay=self.weight_decay,
-            discount=self.discount,
-            tau=self.tau,
-            init_temperature=self.init_temperature,
-            target_entropy_scale=self.target_entropy_scale,
-            passive_critic=self.passive_critic,
-            passive_critic_width=self.passive_critic_width,
-        )
+def loop_fields() -> list[dataclasses.Field]:
+    """``TrainConfig``'s own settings (the loop's), without ``agent_config`` and test hooks."""
+    return [f for f in public_fields(TrainConfig) if f.name != "agent_config"]
 
 
-def field_docs() -> dict[str, str]:
-    """``{field: docstring}`` of ``TrainConfig``, read from this module's source (the CLI's help)."""
-    import ast
-    import inspect
+def setting_fields(agent: str) -> list[dataclasses.Field]:
+    """Every setting of a run of ``agent``: the loop's, then the agent config's."""
+    return loop_fields() + public_fields(config_class(agent))
 
-    tree = ast.parse(inspect.getsource(TrainConfig))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for stmt, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(stmt, ast.AnnAssign)
-            and isinstance(stmt.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[stmt.target.id] = " ".join(following.value.value.split())
-    return docs
+
+def setting_docs(agent: str) -> dict[str, str]:
+    """``{setting: docstring}`` of a run of ``agent`` (the CLI's help, the schema's descriptions)."""
+    return {**field_docs(TrainConfig), **field_docs(config_class(agent))}
 
 
 def _is_int(value: Any) -> bool:
@@ -310,30 +286,133 @@ def _check_str(cfg: TrainConfig, name: str) -> None:
         raise ConfigError(name, f"must be a non-empty string, got {value!r}")
 
 
-def _check_int(cfg: TrainConfig, name: str, low: int) -> None:
-    value = getattr(cfg, name)
-    if not _is_int(value) or value < low:
-        raise ConfigError(name, f"must be an int >= {low}, got {value!r}")
+# ----------------------------------------------------------------------------- the schema's block
+
+SCHEMA_BLOCK = "train_settings"
+"""The workflow schema's ``$defs`` entry derived from the settings (the ``train`` block and every
+``train_overrides`` entry)."""
+
+_SCHEMA_DESCRIPTION = (
+    "Training settings that are not part of a cell's path: the training loop's (TrainConfig) and "
+    "every agent's hyperparameters (its config class; '(bro)' names the agents that read a key). "
+    "Flags of `python -m valuescale.train` with dashes. Changing any of them reruns the affected "
+    "train jobs (Snakemake's params rerun trigger). Generated from the package by `python -m "
+    "valuescale.config --write-schema`; a test keeps it in step."
+)
 
 
-def _check_number(
-    cfg: TrainConfig,
-    name: str,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> None:
-    value = getattr(cfg, name)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if low_open else '>='} {low:g}")
-        if high is not None:
-            bounds.append(f"<= {high:g}")
-        what = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
-        raise ConfigError(name, f"must be {what}, got {value!r}")
+def train_settings_schema(agents: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The JSON schema of the workflow's ``train`` block, derived from the declarations: the
+    loop's settings, then each agent's (``agents``: default all implemented), path settings
+    left out. A key that several agents declare appears once; where their defaults differ its
+    default is null (each agent's own default) and its description lists them."""
+    from valuescale.settings import schema_property
+
+    agents = AGENTS if agents is None else agents
+    props: dict[str, Any] = {}
+    loop_docs = field_docs(TrainConfig)
+    for f in loop_fields():
+        if f.name not in PATH_SETTINGS:
+            props[f.name] = schema_property(f, loop_docs[f.name])
+    owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for agent in agents:
+        cls = config_class(agent)
+        for f in public_fields(cls):
+            if f.name in props:
+                raise TypeError(f"agent {agent!r}: setting {f.name!r} clashes with a loop setting")
+            if f.name not in PATH_SETTINGS:
+                owners.setdefault(f.name, []).append((agent, f))
+    for name, declared in owners.items():
+        agent, f = declared[0]
+        spec = schema_property(f, field_docs(config_class(agent))[name])
+        for other, g in declared[1:]:
+            theirs = schema_property(g, spec["description"])
+            if {k: v for k, v in theirs.items() if k != "default"} != {
+                k: v for k, v in spec.items() if k != "default"
+            }:
+                raise TypeError(
+                    f"setting {name!r}: agents {agent!r} and {other!r} declare it "
+                    "with other types or bounds; give one of them another name"
+                )
+        defaults = {a: g.default for a, g in declared}
+        names = ", ".join(a for a, _ in declared)
+        description = f"({names}) {spec['description']}"
+        if len(set(map(repr, defaults.values()))) > 1:
+            kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"], "null"]
+            spec["type"] = kinds
+            spec["default"] = None
+            each = ", ".join(f"{a} {d!r}" for a, d in defaults.items())
+            description += f" null: each agent's own default ({each})."
+        spec["description"] = description
+        props[name] = spec
+    return {
+        "description": _SCHEMA_DESCRIPTION,
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+    }
+
+
+_BEGIN = f"  # BEGIN {SCHEMA_BLOCK}: generated by `python -m valuescale.config --write-schema`\n"
+_END = f"  # END {SCHEMA_BLOCK}\n"
+
+
+def render_schema_block() -> str:
+    """The YAML text of the schema's block (indented for ``$defs``, between its markers)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = ">" if len(value) > 60 else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    body = yaml.dump(
+        {SCHEMA_BLOCK: train_settings_schema()},
+        Dumper=Dumper,
+        sort_keys=False,
+        width=90,
+        allow_unicode=True,
+    )
+    return _BEGIN + "".join("  " + line + "\n" for line in body.splitlines()) + _END
+
+
+def write_schema_block(path: str) -> bool:
+    """Replace the generated block of the schema file ``path``; True if its text changed."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    if _BEGIN not in text or _END not in text:
+        raise ValueError(f"{path}: no '{_BEGIN.strip()}' ... '{_END.strip()}' markers")
+    head, rest = text.split(_BEGIN, 1)
+    _, tail = rest.split(_END, 1)
+    new = head + render_schema_block() + tail
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m valuescale.config --write-schema [PATH]``: rewrite the schema's generated
+    ``train_settings`` block from the settings' declarations (default: the workflow's schema)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m valuescale.config", description=main.__doc__)
+    parser.add_argument("--write-schema", nargs="?", metavar="PATH", const="", default=None)
+    args = parser.parse_args(argv)
+    if args.write_schema is None:
+        print(render_schema_block(), end="")
+        return 0
+    path = args.write_schema or str(
+        Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    )
+    changed = write_schema_block(path)
+    print(f"{path}: {'rewritten' if changed else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -70,8 +70,15 @@ def restore_complete_outputs(out_dir: str | os.PathLike) -> bool:
 
 def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
     """Fields (sorted) in which ``saved`` (a ``TrainConfig.to_dict()``) differs from ``cfg`` in a
-    way the engine does not resume across, as ``"name: <there> there vs <now> now"``."""
+    way the engine does not resume across, as ``"name: <there> there vs <now> now"``.
+
+    ``saved`` is read with today's defaults for the settings it lacks (a run written before a
+    setting existed resumes when the new setting keeps its default)."""
     current = cfg.to_dict()
+    try:
+        saved = {**TrainConfig.from_dict(saved).to_dict(), **saved}
+    except (ValueError, TypeError):  # not a config of today's settings: compared as it is
+        pass
     keys = sorted(
         k
         for k in set(current) | set(saved)

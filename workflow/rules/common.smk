@@ -84,7 +84,7 @@ def _float_train_settings():
     with open(SCHEMA_PATH) as f:
         schema = yaml.safe_load(f)
     props = schema["$defs"]["train_settings"]["properties"]
-    return {key for key, spec in props.items() if spec.get("type") == "number"}
+    return {key for key, spec in props.items() if "number" in spec["type"]}
 
 
 FLOAT_TRAIN_SETTINGS = _float_train_settings()
@@ -207,7 +207,7 @@ def _check_envs(envs):
 
 def build_train_jobs(cfg):
     """All train jobs of the grid (deduplicated, in config order) after cross-field checks."""
-    from valuescale.config import AGENTS
+    from valuescale.config import AGENTS, setting_fields
 
     jobs = {}
     env_keys = []
@@ -232,8 +232,12 @@ def build_train_jobs(cfg):
                         f"batch size {batch_size} is larger than the replay buffer "
                         f"(train.replay_size = {settings['replay_size']}) for env {env}",
                     )
+            resets = any(
+                "reset_interval" in {f.name for f in setting_fields(agent)}
+                for agent in block["agents"]
+            )
             for utd in block["utd"]:
-                reset = settings["reset_interval"]
+                reset = settings["reset_interval"] if resets else 0
                 if reset and round(reset / utd) < 1:
                     raise config_error(
                         "train.reset_interval",
@@ -432,13 +436,17 @@ OPERATIONAL_TRAIN_SETTINGS = {"checkpoint_every"}
 
 
 def get_train_args(wildcards):
-    """Engine flags of the job's seeds and of every training setting that is not in the path
-    (except the operational ones). A params value: changing any of them reruns the job.
+    """Engine flags of the job's seeds and of every training setting of the job's agent that is
+    not in the path (except the operational ones; null: the agent's own default). A params value:
+    changing any of them reruns the job.
     """
+    from valuescale.config import setting_fields
+
     seeds = ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
     args = [f"--seeds {seeds}"]
+    own = {f.name for f in setting_fields(wildcards.agent)}
     for key, value in sorted(train_settings(wildcards.env).items()):
-        if key in OPERATIONAL_TRAIN_SETTINGS:
+        if key in OPERATIONAL_TRAIN_SETTINGS or key not in own or value is None:
             continue
         name = key.replace("_", "-")
         if isinstance(value, bool):

@@ -28,16 +28,13 @@ SAC-style actor-critic with a double distributional BroNet critic (method.md sec
 Order inside one update: critic step, Polyak target, actor step (on the new critic), temperature
 step (with the actor step's entropy), passive critic step.
 
-The quantile Huber loss has a custom VJP: its forward pass returns the analytic gradient with
-respect to the predicted quantiles as the only residual of shape [heads, B, Q], so the backward
-pass neither stores nor recomputes the [heads, B, Q, Q] pairwise tensor. The mathematics is that of
-:func:`quantile_huber_loss_reference` (tested against it and against a numpy loop).
+The building blocks of the loss live in :mod:`valuescale.agents.bro.loss`; the hyperparameters in
+:class:`valuescale.agents.bro.config.BROConfig`. This module is the agent's side of the engine's
+protocol (``valuescale.agents.base.Agent``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 import operator
 from typing import Any
@@ -47,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from valuescale.agents.bro.config import BROConfig
+from valuescale.agents.bro.loss import head_mean, polyak_update, quantile_huber_loss
 from valuescale.networks.bronet import (
     QuantileCritic,
     apply_double_critic,
@@ -59,85 +58,17 @@ from valuescale.replay import Batch, Replay, replay_sample
 Params = Any
 Info = dict[str, jax.Array]
 
+NAME = "bro"
+Config = BROConfig
 
-@dataclasses.dataclass(frozen=True)
-class BROConfig:
-    """Hyperparameters of BRO (hashable: passed as a static argument under ``jit``)."""
+TRAIN_METRICS: tuple[str, ...] = ("critic_loss", "actor_loss", "temperature", "q_mean", "entropy")
+"""The info scalars of every update (``passive_critic_loss`` is added when the passive critic is
+on)."""
 
-    critic_width: int = 512
-    """Hidden width W of each critic head (the paper's critic-size knob)."""
-    critic_depth: int = 2
-    """Number of BroNet residual blocks of the critic."""
-    actor_width: int = 256
-    """Hidden width of the actor's BroNet."""
-    actor_depth: int = 1
-    """Number of residual blocks of the actor's BroNet."""
-    n_quantiles: int = 100
-    """Quantiles per critic head (midpoints ``tau_k = (k + 0.5) / n_quantiles``)."""
-    kappa: float = 1.0
-    """Huber threshold of the quantile Huber loss."""
-    batch_size: int = 128
-    """Transitions per gradient step (B)."""
-    critic_lr: float = 3e-4
-    """AdamW learning rate of the critic (and of the passive critic)."""
-    actor_lr: float = 3e-4
-    """AdamW learning rate of the actor."""
-    temperature_lr: float = 3e-4
-    """Adam learning rate of log alpha."""
-    temperature_b1: float = 0.5
-    """Adam beta1 of the temperature optimiser."""
-    weight_decay: float = 1e-4
-    """AdamW decoupled weight decay of actor and critics."""
-    discount: float = 0.99
-    """Discount gamma."""
-    tau: float = 0.005
-    """Polyak rate of the target critic, applied after every critic step."""
-    init_temperature: float = 1.0
-    """Initial alpha."""
-    target_entropy_scale: float = 0.5
-    """Target entropy is ``-target_entropy_scale * act_dim``."""
-    pessimism: float = 0.0
-    """Weight of the head disagreement ``|q1 - q2| / 2`` subtracted from the head mean."""
-    passive_critic: bool = False
-    """Also train a passive critic on the main critic's TD targets (instrumentation only)."""
-    passive_critic_width: int = 512
-    """Hidden width of the passive critic's heads (same depth and quantiles as the critic)."""
 
-    def __post_init__(self) -> None:
-        positive_ints = (
-            "critic_width",
-            "actor_width",
-            "n_quantiles",
-            "batch_size",
-            "passive_critic_width",
-        )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BROConfig.{name} must be a positive int, got {value!r}")
-        for name in ("critic_depth", "actor_depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"BROConfig.{name} must be a non-negative int, got {value!r}")
-        for name in ("kappa", "critic_lr", "actor_lr", "temperature_lr", "init_temperature"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"BROConfig.{name} must be a finite number > 0, got {value!r}")
-        for name in ("weight_decay", "pessimism", "target_entropy_scale"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise ValueError(f"BROConfig.{name} must be a finite number, got {value!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"BROConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name in ("discount", "tau", "temperature_b1"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
-                raise ValueError(f"BROConfig.{name} must be in [0, 1], got {value!r}")
-
-    @property
-    def taus(self) -> jax.Array:
-        """Quantile midpoints ``(k + 0.5) / n_quantiles``, shape [n_quantiles]."""
-        return quantile_taus(self.n_quantiles)
+def train_metrics(cfg: BROConfig) -> tuple[str, ...]:
+    """The keys of :func:`update_n`'s info, in the order the engine logs them."""
+    return TRAIN_METRICS + (("passive_critic_loss",) if cfg.passive_critic else ())
 
 
 @flax.struct.dataclass
@@ -164,137 +95,6 @@ class BROState:
     act_dim: int = flax.struct.field(pytree_node=False, default=0)
 
 
-# --------------------------------------------------------------------------- building blocks
-
-
-def quantile_taus(n_quantiles: int) -> jax.Array:
-    """Quantile midpoints ``tau_k = (k + 0.5) / n_quantiles``."""
-    return (jnp.arange(n_quantiles, dtype=jnp.float32) + 0.5) / n_quantiles
-
-
-def quantile_huber_loss_reference(pred: jax.Array, target: jax.Array, kappa: float = 1.0):
-    """Plain (autodiff) quantile Huber loss; the definition :func:`quantile_huber_loss` follows.
-
-    ``pred`` [..., B, Q] are predicted quantiles (leading axes: critic heads), ``target`` [B, Q']
-    the target quantiles. With ``u_ij = target_j - pred_i`` and ``tau_i`` the midpoints::
-
-        rho_ij = |tau_i - 1{u_ij < 0}| * huber_kappa(u_ij) / kappa
-        loss   = sum over leading axes of  mean_b  mean_j  sum_i  rho_ij
-    """
-    n_q = pred.shape[-1]
-    taus = quantile_taus(n_q)[:, None]
-    u = target[..., None, :] - pred[..., :, None]
-    abs_u = jnp.abs(u)
-    huber = jnp.where(abs_u <= kappa, 0.5 * u * u, kappa * (abs_u - 0.5 * kappa))
-    weight = jnp.abs(taus - jax.lax.stop_gradient((u < 0).astype(u.dtype)))
-    per_head = jnp.mean(jnp.sum(weight * huber / kappa, axis=-2), axis=(-2, -1))
-    return jnp.sum(per_head)
-
-
-def quantile_huber_loss(pred: jax.Array, target: jax.Array, kappa: float = 1.0) -> jax.Array:
-    """Quantile Huber loss (same value and gradients as :func:`quantile_huber_loss_reference`).
-
-    ``pred`` [..., B, Q] (e.g. [heads, B, Q]); ``target`` [B, Q'] shared by all heads. The
-    backward pass uses the analytic gradient saved by the forward pass (custom VJP).
-    """
-    if pred.shape[-2] != target.shape[-2]:
-        raise ValueError(
-            f"quantile_huber_loss: batch sizes differ: pred {pred.shape}, target {target.shape}"
-        )
-    return _quantile_huber_loss(pred, target, float(kappa))
-
-
-def _pairwise_terms(u: jax.Array, taus: jax.Array, kappa: float):
-    """Elementwise ``rho(u)`` and ``w(u) * clip(u, -kappa, kappa) / kappa`` for TD errors ``u``.
-
-    ``taus`` broadcasts against the predicted-quantile axis of ``u``.
-    """
-    weight = jnp.where(u < 0, 1.0 - taus, taus)
-    clipped = jnp.clip(u, -kappa, kappa)
-    # huber(u) = clip(u) * (u - clip(u) / 2): 0.5 u^2 inside [-kappa, kappa], kappa(|u| - kappa/2)
-    # outside; one expression without a select.
-    slope = weight * clipped * (1.0 / kappa)
-    return slope * (u - 0.5 * clipped), slope
-
-
-def _target_chunk(n_target: int) -> int:
-    """Targets handled per scan step: the largest divisor of ``n_target`` up to 10."""
-    return max(d for d in range(1, 11) if n_target % d == 0)
-
-
-def _sum_over_targets(pred: jax.Array, target: jax.Array, kappa: float):
-    """``(sum_j rho_ij, sum_j w_ij clip(u_ij) / kappa)``, each shaped like ``pred`` [..., B, Q].
-
-    The sum over target quantiles ``j`` runs as a ``lax.scan`` over chunks of targets, each step
-    adding the terms of a few targets to two [..., B, Q] accumulators in one elementwise fusion.
-    The [..., B, Q, Q'] pairwise tensor never exists, and the work vectorises over the predicted
-    quantiles ``i`` (independent accumulators, so no reassociation is needed). On the 2-core CPU
-    this is about 5x faster than a (variadic) ``reduce`` over ``j``, which XLA emits as a scalar
-    loop, and far faster than two separate sums, which make XLA materialise the pairwise tensors.
-    Targets are summed in order ``j = 0, 1, ...``.
-    """
-    taus = quantile_taus(pred.shape[-1])
-    n_target = target.shape[-1]
-    chunk = _target_chunk(n_target)
-    # [n_chunks, B, chunk]: scan over the leading axis
-    chunks = jnp.moveaxis(target.reshape(*target.shape[:-1], n_target // chunk, chunk), -2, 0)
-    zeros = jnp.zeros(jnp.broadcast_shapes(pred.shape, target.shape[:-1] + (1,)), pred.dtype)
-
-    def body(carry, target_chunk):
-        rho_sum, slope_sum = carry
-        for k in range(chunk):
-            rho, slope = _pairwise_terms(target_chunk[..., k : k + 1] - pred, taus, kappa)
-            rho_sum, slope_sum = rho_sum + rho, slope_sum + slope
-        return (rho_sum, slope_sum), None
-
-    (rho_sum, slope_sum), _ = jax.lax.scan(body, (zeros, zeros), chunks)
-    return rho_sum, slope_sum
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _quantile_huber_loss(pred: jax.Array, target: jax.Array, kappa: float) -> jax.Array:
-    return _qh_fwd(pred, target, kappa)[0]
-
-
-def _qh_fwd(pred, target, kappa):
-    loss_rows, slope_rows = _sum_over_targets(pred, target, kappa)
-    batch, n_target = target.shape[-2], target.shape[-1]
-    scale = 1.0 / (batch * n_target)
-    loss = jnp.sum(loss_rows) * scale
-    # d loss / d pred_i = -scale * sum_j w_ij clip(u_ij) / kappa
-    grad_pred = -slope_rows * scale
-    return loss, (grad_pred, pred, target)
-
-
-def _qh_bwd(kappa, residuals, g):
-    grad_pred, pred, target = residuals
-    # d loss / d target_j = +scale * sum over heads and i of w_ij clip(u_ij) / kappa. Recomputed
-    # here from the [..., B, j, i] pairwise tensor; XLA drops it when the target is not
-    # differentiated (the usual stop-gradient target).
-    u = target[..., :, None] - pred[..., None, :]
-    _, slope = _pairwise_terms(u, quantile_taus(pred.shape[-1]), kappa)
-    batch, n_target = target.shape[-2], target.shape[-1]
-    lead = tuple(range(slope.ndim - 3))
-    grad_target = jnp.sum(slope, axis=(*lead, slope.ndim - 1)) / (batch * n_target)
-    return g * grad_pred, g * grad_target
-
-
-_quantile_huber_loss.defvjp(_qh_fwd, _qh_bwd)
-
-
-def polyak_update(online: Params, target: Params, tau: float) -> Params:
-    """``target <- tau * online + (1 - tau) * target`` leaf by leaf."""
-    return jax.tree.map(lambda p, t: tau * p + (1.0 - tau) * t, online, target)
-
-
-def head_mean(q: jax.Array, pessimism: float) -> jax.Array:
-    """Combine the two heads [2, ...]: mean minus ``pessimism`` times their std ``|q1-q2|/2``."""
-    mean = 0.5 * (q[0] + q[1])
-    if pessimism == 0.0:
-        return mean
-    return mean - pessimism * 0.5 * jnp.abs(q[0] - q[1])
-
-
 def _modules(cfg: BROConfig, act_dim: int):
     actor = TanhGaussianPolicy(act_dim=act_dim, width=cfg.actor_width, depth=cfg.actor_depth)
     critic = QuantileCritic(cfg.critic_width, cfg.critic_depth, cfg.n_quantiles)
@@ -303,11 +103,11 @@ def _modules(cfg: BROConfig, act_dim: int):
 
 
 def _critic_tx(cfg: BROConfig) -> optax.GradientTransformation:
-    return optax.adamw(cfg.critic_lr, weight_decay=cfg.weight_decay)
+    return optax.adamw(cfg.critic_learning_rate, weight_decay=cfg.weight_decay)
 
 
 def _actor_tx(cfg: BROConfig) -> optax.GradientTransformation:
-    return optax.adamw(cfg.actor_lr, weight_decay=cfg.weight_decay)
+    return optax.adamw(cfg.actor_learning_rate, weight_decay=cfg.weight_decay)
 
 
 def _temperature_tx(cfg: BROConfig) -> optax.GradientTransformation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -270,6 +271,11 @@ def test_every_optional_top_level_and_settings_key_has_a_default():
     "name", ["config.yaml", "published.yaml", "paper_humanoidbench.yaml", "paper_dmc.yaml"]
 )
 def test_shipped_configs_are_valid(tmp_path, name):
+    if name == "paper_humanoidbench.yaml" and importlib.util.find_spec("humanoid_bench") is None:
+        # the workflow refuses an h1 env it cannot import (test_humanoidbench.py)
+        if (ROOT.parent / "shared" / "vendor" / "humanoid-bench-217b38f.tar.gz").is_file():
+            pytest.fail("../shared/vendor holds HumanoidBench: run the README's test command")
+        pytest.skip("humanoid_bench is not installed and ../shared/vendor does not hold it")
     config = yaml.safe_load((ROOT / "config" / name).read_text())
     extra = []
     if name == "published.yaml" and SHARED_PUBLISHED.is_dir():

@@ -97,6 +97,8 @@ VERSION_PACKAGES: tuple[str, ...] = (
     "mujoco",
     "numpy",
     "pandas",
+    "gymnasium",  # HumanoidBench's API (None when not installed)
+    "humanoid_bench",  # only in HumanoidBench runs (None when not installed)
 )
 
 # Random streams per seed (see the module docstring).

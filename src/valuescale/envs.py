@@ -18,7 +18,11 @@ through it). Observations are the task's observation dict flattened in the task'
 Names: ``cheetah-run``, ``finger-turn`` (dm_control's ``finger/turn_hard``), ``dog-trot``, ... and
 generically ``<domain>-<task>`` for every dm_control suite task (``cartpole-swingup``,
 ``ball_in_cup-catch``, ``finger-turn_hard``). HumanoidBench ids (``h1-crawl-v0``, ...) need the
-optional ``humanoid_bench`` package (not on PyPI; see ``HUMANOID_BENCH_INSTALL``).
+optional ``humanoid_bench`` package (not on PyPI; see ``HUMANOID_BENCH_INSTALL``): upstream
+HumanoidBench at commit ``HUMANOID_BENCH_COMMIT``. ``import humanoid_bench`` imports torch through
+one module that only hierarchical reach policies use; this adapter never builds those and puts a
+stand-in for that module into ``sys.modules`` first (``_without_torch``), so neither torch nor
+upstream's pins are needed.
 
 Snapshot of a DMC env: the task's random state at the start of the current episode, its random
 state now, MuJoCo's full integration state (``mj_getState(..., mjSTATE_INTEGRATION)``: time,
@@ -32,9 +36,13 @@ not covered (none of the paper's tasks do).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
+import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -65,15 +73,23 @@ PAPER_DMC_ENVS: tuple[str, ...] = (
 #: HumanoidBench tasks used in the paper (any other registered ``h1*`` id works too).
 PAPER_HUMANOIDBENCH_ENVS: tuple[str, ...] = ("h1-crawl-v0", "h1-pole-v0", "h1-stand-v0")
 
+#: Upstream HumanoidBench commit the adapter is tested with (``../shared/vendor`` holds a trimmed,
+#: unmodified copy). Upstream's newest commit (791405f) fails with our mujoco pin.
+HUMANOID_BENCH_COMMIT = "217b38fb55ac929d6191aa89253ed90ddc5b4f55"
+
 HUMANOID_BENCH_INSTALL = (
-    "HumanoidBench is not on PyPI. Install an editable clone (a plain pip install from git gives "
-    "a wheel that cannot be imported):\n"
-    "  git clone https://github.com/joonleesky/humanoid-bench  "
-    "(the paper's fork; or carlosferrazza/humanoid-bench)\n"
+    "HumanoidBench is not on PyPI. Install upstream's commit 217b38f as an editable clone, without "
+    "its dependency pins (a plain pip install from git gives a wheel that cannot be imported):\n"
+    "  git clone https://github.com/carlosferrazza/humanoid-bench && "
+    f"git -C humanoid-bench checkout {HUMANOID_BENCH_COMMIT}\n"
     "  pip install --no-deps -e ./humanoid-bench\n"
-    '  pip install "gymnasium[mujoco]>=1.1,<2" imageio torch\n'
-    "(`import humanoid_bench` imports torch; the fork also needs MUJOCO_GL=egl when headless)."
+    "  pip install -e '.[humanoidbench]'   (from the valuescale checkout; torch is not needed)"
 )
+
+#: The one HumanoidBench module that imports torch (and jax). ``wrappers.py`` and the reach, push
+#: and package tasks import ``TorchModel``/``TorchPolicy`` from it; only the hierarchical reach
+#: wrappers (``policy_type`` other than flat) build one, and ``HumanoidBenchEnv`` never asks for them.
+_TORCH_MODULE = "humanoid_bench.mjx.flax_to_torch"
 
 _HUMANOID_BENCH_RE = re.compile(r"^h1[a-z0-9_]*-[a-z0-9_]+-v\d+$")
 
@@ -89,7 +105,7 @@ class _QuietDeprecatedMjcf(logging.Filter):
 def _suite() -> Any:
     """``dm_control.suite``. dm_control and mujoco pick an OpenGL backend at import; DMC training
     never renders, so unless the user chose a backend (MUJOCO_GL) none is probed (this also
-    silences the GLFW warning). Not done for HumanoidBench: the paper's fork needs a GL backend."""
+    silences the GLFW warning). HumanoidBench does the same (``_import_humanoid_bench``)."""
     os.environ.setdefault("MUJOCO_GL", "disable")
     from dm_control import suite
 
@@ -246,10 +262,40 @@ class DMCEnv:
         self._needs_reset = bool(state["needs_reset"])
 
 
+def _refuse_torch(*args: Any, **kwargs: Any) -> Any:
+    raise ImportError(
+        f"{_TORCH_MODULE} is valuescale's torch-free stand-in: HumanoidBench's hierarchical reach "
+        "policies (policy_type other than flat) are not supported by valuescale's adapter"
+    )
+
+
+def _without_torch() -> bool:
+    """Put a stand-in for ``humanoid_bench.mjx.flax_to_torch`` into ``sys.modules`` unless
+    HumanoidBench is already imported; True if it did. The stand-in has the names upstream imports
+    from it (``TorchModel``, ``TorchPolicy``, ``flax_to_torch``); building any of them raises
+    ImportError. The flat tasks never build them, so their dynamics and observations are
+    upstream's (checked bit for bit against a torch install)."""
+    if "humanoid_bench" in sys.modules or _TORCH_MODULE in sys.modules:
+        return False
+    stub = types.ModuleType(_TORCH_MODULE, "valuescale's torch-free stand-in (see valuescale.envs)")
+    stub.TorchModel = type("TorchModel", (), {"__init__": _refuse_torch})
+    stub.TorchPolicy = type("TorchPolicy", (), {"__init__": _refuse_torch})
+    stub.flax_to_torch = _refuse_torch
+    stub.VALUESCALE_STAND_IN = True
+    sys.modules[_TORCH_MODULE] = stub
+    return True
+
+
 def _import_humanoid_bench(name: str) -> None:
+    # The adapter builds envs with render_mode=None (no OpenGL context), so no GL backend is
+    # probed either (as for DMC; this also silences GLFW's "DISPLAY is missing" warning).
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    stubbed = _without_torch()
     try:
         import humanoid_bench  # noqa: F401  (registers the h1* gymnasium ids)
     except ImportError as e:
+        if stubbed:
+            del sys.modules[_TORCH_MODULE]  # leave no trace of a failed import
         raise ValueError(
             f"env {name!r} is a HumanoidBench task, but `import humanoid_bench` failed ({e}).\n"
             + HUMANOID_BENCH_INSTALL
@@ -271,10 +317,10 @@ class HumanoidBenchEnv:
         self.name = name
         self.seed = int(seed)
         self.max_episode_steps = int(max_episode_steps)
-        try:
+        # render_mode=None: no viewer, no OpenGL context. Upstream prints a stray line on every
+        # construction; it is dropped.
+        with contextlib.redirect_stdout(io.StringIO()):
             env = gymnasium.make(name, render_mode=None)
-        except TypeError:  # the fork does not accept render_mode
-            env = gymnasium.make(name)
         self._env = env.unwrapped  # our own time limit; no TimeLimit/autoreset wrappers
         self.obs_dim = int(np.prod(self._env.observation_space.shape))
         self.act_dim = int(np.prod(self._env.action_space.shape))

@@ -184,22 +184,27 @@ def train_settings(env):
 
 
 def _check_envs(envs):
-    """Unknown env names fail with the list of valid ones (HumanoidBench ids: by pattern only,
-    the planning host need not have HumanoidBench installed)."""
-    from valuescale.envs import is_humanoid_bench
-
-    dmc = [(key, env) for key, env in envs if not is_humanoid_bench(env)]
-    if not dmc:
-        return
+    """Unknown env names fail with the list of valid ones; a HumanoidBench id fails when
+    `import humanoid_bench` does (or the id is not registered), naming the env and how to install
+    it, so that no train job is planned that would fail a second in."""
     import logging
 
-    from valuescale.envs import list_envs
+    from valuescale.envs import check_env_name, is_humanoid_bench, list_envs
 
-    # importing dm_control adds a handler to the root logger, which would print every line of
-    # Snakemake's own log twice
+    # importing dm_control (also through humanoid_bench) adds a handler to the root logger, which
+    # would print every line of Snakemake's own log twice
     root_handlers = list(logging.getLogger().handlers)
-    valid = set(list_envs())
-    logging.getLogger().handlers[:] = root_handlers
+    try:
+        for key, env in envs:
+            if is_humanoid_bench(env):
+                try:
+                    check_env_name(env)
+                except ValueError as err:
+                    raise config_error(key, str(err)) from None
+        dmc = [(key, env) for key, env in envs if not is_humanoid_bench(env)]
+        valid = set(list_envs()) if dmc else set()
+    finally:
+        logging.getLogger().handlers[:] = root_handlers
     for key, env in dmc:
         if env not in valid:
             raise config_error(key, f"unknown env {env!r}; valid: {', '.join(sorted(valid))}")

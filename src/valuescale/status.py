@@ -12,8 +12,10 @@ job's log (``<results_dir>/logs/train/<run name>.log``), never from Snakemake's 
   the time since then;
 - ``failed``: no live engine, and the job's log ends in a traceback or an ``error:`` line (the
   last such line is the row's ``reason``);
-- ``stopped``: started (a checkpoint, progress, a lock file or a log) but not running and not
-  failed: interrupted (SIGTERM, SIGKILL); the next run of the workflow resumes it;
+- ``stopped``: started (a checkpoint, progress, a lock file, or a log without the engine's
+  completion line) but not running and not failed: interrupted (SIGTERM, SIGKILL); the next run
+  of the workflow resumes it (a job that Snakemake has just started reads ``stopped`` for the
+  seconds before its engine takes the folder);
 - ``pending``: nothing yet.
 
 Diverged seeds are counted in every state (``run.json`` / ``progress.json`` per-seed status).
@@ -93,24 +95,32 @@ def _stale_settings(saved: Mapping[str, Any], settings: Mapping[str, Any]) -> li
     )
 
 
-def _log_failure(log: str) -> str | None:
-    """The last error line of a job's log when its last attempt failed, else None."""
+#: The engine's last log line of a complete run (``valuescale.train.main``).
+DONE_LINE = "valuescale.train INFO done: "
+
+
+def _log_outcome(log: str) -> tuple[str | None, str | None]:
+    """How the last attempt of a job ended by its log (the rule writes it afresh each attempt):
+    ``("failed", its last error line)`` after a traceback or an ``error:`` line, ``("done",
+    None)`` after the engine's completion line, else ``(None, None)`` (unfinished, or killed)."""
     try:
         with open(log, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
             tail = f.read().decode(errors="replace")
     except OSError:
-        return None
-    if "Traceback (most recent call last)" not in tail and "\nerror: " not in f"\n{tail}":
-        return None
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    errors = [
-        line
-        for line in lines
-        if line.startswith("error: ") or (":" in line and line.split(":")[0].endswith("Error"))
-    ]
-    return (errors or lines)[-1][:300]
+        return None, None
+    if "Traceback (most recent call last)" in tail or "\nerror: " in f"\n{tail}":
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        errors = [
+            line
+            for line in lines
+            if line.startswith("error: ") or line.split(":")[0].endswith(("Error", "Exception"))
+        ]
+        return "failed", (errors or lines)[-1][:300]
+    if DONE_LINE in tail:
+        return "done", None
+    return None, None
 
 
 def _curve_returns(folder: str, names: set[str]) -> dict[str, dict[str, float] | None]:
@@ -252,11 +262,14 @@ def cell_status(
         return cell
     if has_log is None:
         has_log = os.path.exists(log)
-    failure = _log_failure(log) if has_log else None
-    if failure is not None:
-        cell["state"], cell["reason"] = "failed", failure
-    elif names & {CHECKPOINT_NAME, "progress.json", "run.json", LOCK_NAME} or has_log:
+    outcome, reason = _log_outcome(log) if has_log else (None, None)
+    if outcome == "failed":
+        cell["state"], cell["reason"] = "failed", reason
+    elif names & {CHECKPOINT_NAME, "progress.json", "run.json", LOCK_NAME}:
         cell["state"] = "stopped"
+    elif has_log and outcome is None:
+        cell["state"] = "stopped"  # started, killed before its first checkpoint
+    # (a log of a complete run without its folder: the folder was removed, the cell is pending)
     return cell
 
 
@@ -462,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.plot:
-        from valuescale.status_plot import plot_curves
+        from valuescale.plots.progress import plot_curves
 
         plot_curves(status, args.plot)
     if args.watch is None:

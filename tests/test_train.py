@@ -162,6 +162,13 @@ def test_divergence_marks_only_that_seed(tmp_path: Path) -> None:
     seed0 = df[df.seed == 0]
     assert sorted(seed0[seed0.metric == "return"]["step"]) == [200, 400, 600, 800]
     assert seed0[seed0.metric == "critic_loss"]["step"].max() == 800
+    # the summary's last evaluation per seed (what the status command shows): seed 1's is its
+    # last one before the divergence, as in the curves
+    returns = df[df.metric == "return"].sort_values("step").groupby("seed").tail(1)
+    assert summary["last_eval"] == {
+        str(r.seed): {"step": int(r.step), "return": float(r.value)} for r in returns.itertuples()
+    }
+    assert summary["last_eval"]["1"]["step"] < at
 
 
 def test_seed_streams_do_not_depend_on_the_other_seeds(tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ from valuescale.replay_store import REPLAY_DIR
 from valuescale.rundir import discard as discard_state
 from valuescale.rundir import discard_stale as discard_stale_state
 from valuescale.rundir import keep_complete_outputs, restore_complete_outputs, stale_reason
+from valuescale.status import last_evaluations
 
 log = logging.getLogger("valuescale.train")
 
@@ -397,6 +398,10 @@ class _Run:
             "env_steps_per_s": self.t / wall if wall > 0 else None,
             "resumed_at_steps": list(self.resumed_at),
             "seeds": seeds,
+            # the last evaluation return of each seed (read by python -m valuescale.status)
+            "last_eval": last_evaluations(
+                self.rows, {self.cfg.seeds[i]: step for i, step in self.diverged.items()}
+            ),
             "cpu_cores": affinity,
             "platform": self.dev.backend(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),  # None outside SLURM

@@ -8,14 +8,12 @@ import math
 import os
 import re
 import sys
-from collections import namedtuple
-from decimal import Decimal
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import validate
 
+from valuescale import study
+from valuescale.study import config_error
 from valuescale.tasks import DEFAULT_DELTA, TASKS
 
 # Software of all jobs under --use-conda (the package's dependencies); without --use-conda jobs run
@@ -63,18 +61,6 @@ PUBLISHED_NAMES = [
 # ----------------------------------------------------------------------------- validation
 
 
-def config_error(key, message):
-    """The one way a bad config fails: a ValueError that names the offending key."""
-    return ValueError(f"invalid config key '{key}': {message}")
-
-
-def _dotted(path):
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top level>"
-
-
 SCHEMA_PATH = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 
 
@@ -90,42 +76,7 @@ def _float_train_settings():
 FLOAT_TRAIN_SETTINGS = _float_train_settings()
 
 
-def validate_config(cfg):
-    """Schema validation (fills in defaults), re-raised as a ValueError naming the key."""
-    try:
-        validate(cfg, schema="../schemas/config.schema.yaml")
-    except WorkflowError as err:
-        cause = err.__context__  # the jsonschema ValidationError
-        if not hasattr(cause, "absolute_path"):
-            raise
-        key = _dotted(list(cause.absolute_path))
-        hint = ""
-        if isinstance(cause.instance, str) and re.fullmatch(
-            r"[-+]?[0-9]+[eE][-+]?[0-9]+", cause.instance
-        ):
-            hint = f" (YAML reads {cause.instance} as a string; write it with a dot, e.g. 3.0e-4)"
-        if cause.validator == "additionalProperties":
-            hint = " (unknown key)"
-        raise config_error(key, cause.message + hint) from None
-
-
 # ----------------------------------------------------------------------------- wildcard formats
-
-
-def fmt_utd(value):
-    """Canonical path form of a UTD ratio: 0.5, 1, 2, 0.25 (round-trips through float)."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
-
-
-def fmt_lr(value):
-    """Canonical path form of a learning rate: 3e-4, 1.5e-4, 1e-3 (round-trips through float)."""
-    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
-    mantissa = "".join(map(str, digits))
-    exp10 = exponent + len(digits) - 1
-    if len(mantissa) > 1:
-        mantissa = f"{mantissa[0]}.{mantissa[1:]}"
-    return f"{'-' if sign else ''}{mantissa}e{exp10}"
 
 
 # Wildcard formats accept the canonical forms only, so every path maps to one cell.
@@ -149,38 +100,10 @@ wildcard_constraints:
 
 # ----------------------------------------------------------------------------- grid and seeds
 
-TrainJob = namedtuple(
-    "TrainJob", ["env", "agent", "utd", "width", "batch_size", "lr", "first", "last"]
-)
-
-
-def seed_list(value):
-    """Seeds from the config: an int n means 0..n-1; a list is taken as given (sorted)."""
-    return list(range(value)) if isinstance(value, int) else sorted(int(s) for s in value)
-
-
-def seed_blocks(seeds, per_job):
-    """Pack seeds into train jobs: (first, last) ranges of consecutive seeds.
-
-    per_job None: one job per run of consecutive seeds (all seeds in one job when they are
-    0..n-1). per_job k: fixed blocks [j*k, (j+1)*k) cut by runs, so a block's job depends only on
-    which of its own seeds are configured: adding seeds outside it never changes it.
-    """
-    blocks = []
-    for seed in sorted(seeds):
-        key = None if per_job is None else seed // per_job
-        if blocks and blocks[-1][1] == seed - 1 and blocks[-1][2] == key:
-            blocks[-1][1] = seed
-        else:
-            blocks.append([seed, seed, key])
-    return [(first, last) for first, last, _ in blocks]
-
 
 def train_settings(env):
     """Train settings of one env: config['train'] with config['train_overrides'][env] on top."""
-    settings = dict(config["train"])
-    settings.update(config["train_overrides"].get(env, {}))
-    return settings
+    return study.train_settings(config, env)
 
 
 def _check_envs(envs):
@@ -212,74 +135,7 @@ def _check_envs(envs):
 
 def build_train_jobs(cfg):
     """All train jobs of the grid (deduplicated, in config order) after cross-field checks."""
-    from valuescale.config import AGENTS, setting_fields
-
-    jobs = {}
-    env_keys = []
-    for i, block in enumerate(cfg["grid"]):
-        where = f"grid[{i}]"
-        env_keys += [(f"{where}.envs", env) for env in block["envs"]]
-        for agent in block["agents"]:
-            if agent not in AGENTS:
-                raise config_error(
-                    f"{where}.agents",
-                    f"agent {agent!r} is not implemented by the engine (available: "
-                    f"{', '.join(AGENTS)})",
-                )
-        seeds = seed_list(block.get("seeds", cfg["seeds"]))
-        blocks = seed_blocks(seeds, cfg["seeds_per_job"])
-        for env in block["envs"]:
-            settings = train_settings(env)
-            for batch_size in block["batch_sizes"]:
-                if batch_size > settings["replay_size"]:
-                    raise config_error(
-                        f"{where}.batch_sizes",
-                        f"batch size {batch_size} is larger than the replay buffer "
-                        f"(train.replay_size = {settings['replay_size']}) for env {env}",
-                    )
-            resets = any(
-                "reset_interval" in {f.name for f in setting_fields(agent)}
-                for agent in block["agents"]
-            )
-            for utd in block["utd"]:
-                reset = settings["reset_interval"] if resets else 0
-                if reset and round(reset / utd) < 1:
-                    raise config_error(
-                        "train.reset_interval",
-                        f"{reset} gradient steps at utd {utd} is less than one env step",
-                    )
-            for agent in block["agents"]:
-                for utd in block["utd"]:
-                    for width in block["widths"]:
-                        for batch_size in block["batch_sizes"]:
-                            for lr in block["lrs"]:
-                                for first, last in blocks:
-                                    job = TrainJob(
-                                        env,
-                                        agent,
-                                        fmt_utd(utd),
-                                        int(width),
-                                        int(batch_size),
-                                        fmt_lr(lr),
-                                        first,
-                                        last,
-                                    )
-                                    jobs[job] = None
-    _check_envs(list(dict.fromkeys(env_keys)))
-    grid_envs = {env for block in cfg["grid"] for env in block["envs"]}
-    for env in cfg["train_overrides"]:
-        if env not in grid_envs:
-            raise config_error(f"train_overrides.{env}", f"env {env!r} is not in the grid")
-    for env in grid_envs:
-        settings = train_settings(env)
-        key = f"train_overrides.{env}" if env in cfg["train_overrides"] else "train"
-        if settings["warmup_steps"] >= settings["steps"]:
-            raise config_error(
-                f"{key}.warmup_steps",
-                f"warmup_steps ({settings['warmup_steps']}) must be below steps "
-                f"({settings['steps']}) for env {env}, or nothing is trained",
-            )
-    return list(jobs)
+    return study.train_jobs(cfg, check_envs=_check_envs)
 
 
 # ----------------------------------------------------------------------------- analysis settings
@@ -393,11 +249,7 @@ def resolve_design_dir(cfg):
 
 # ----------------------------------------------------------------------------- load the study
 
-validate_config(config)
-for _i, _block in enumerate(config["grid"]):
-    # ints written as 64.0 pass the schema's integer type; keep paths canonical
-    _block["widths"] = [int(w) for w in _block["widths"]]
-    _block["batch_sizes"] = [int(b) for b in _block["batch_sizes"]]
+study.validate(config)  # fills in the schema's defaults; ints written as 64.0 made ints
 
 RESULTS = config["results_dir"].rstrip("/")
 RESOURCES = config["resources_dir"].rstrip("/")
@@ -411,7 +263,7 @@ elif config["compilation_cache"] is False:
     COMPILATION_CACHE = None
 else:
     COMPILATION_CACHE = config["compilation_cache"].rstrip("/")
-RUN_NAME = "{env}/{agent}/utd{utd}_w{width}_b{batch_size}_lr{lr}/seeds{first}-{last}"
+RUN_NAME = study.RUN_NAME
 RUN_DIR = f"{RESULTS}/runs/{RUN_NAME}"
 
 TRAIN_JOBS = build_train_jobs(config)

@@ -1,0 +1,259 @@
+"""A study's config and its training cells: the one home of how a config becomes train jobs.
+
+The workflow (``workflow/rules/common.smk``) and ``python -m valuescale.status`` both enumerate a
+study's cells here: ``train_jobs(cfg)`` (every train job of the grid, after the cross-field
+checks), ``run_name(job)`` (the job's folder under ``<results_dir>/runs`` and its log under
+``<results_dir>/logs/train``), ``train_settings(cfg, env)``. ``load_config`` reads a study's config
+files as Snakemake does (``--configfile`` merged over ``config/config.yaml``, the schema's
+defaults filled in). Neither JAX nor dm_control is imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+#: A study config's schema, relative to the repository root (the Snakefile's folder).
+SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
+#: The study config Snakemake reads first (``configfile:`` in the Snakefile), relative to the
+#: working directory.
+DEFAULT_CONFIGFILE = Path("config") / "config.yaml"
+
+#: A train job's folder under ``<results_dir>/runs`` and its log under ``<results_dir>/logs/train``
+#: (``.log`` appended): Snakemake wildcards, filled by ``run_name``.
+RUN_NAME = "{env}/{agent}/utd{utd}_w{width}_b{batch_size}_lr{lr}/seeds{first}-{last}"
+
+TrainJob = namedtuple(
+    "TrainJob", ["env", "agent", "utd", "width", "batch_size", "lr", "first", "last"]
+)
+"""One train job: the seeds ``first..last`` of one cell configuration (path forms of its values)."""
+
+
+def config_error(key: str, message: str) -> ValueError:
+    """The one way a bad config fails: a ValueError that names the offending key."""
+    return ValueError(f"invalid config key '{key}': {message}")
+
+
+# ----------------------------------------------------------------------------- path forms
+
+
+def fmt_utd(value: float) -> str:
+    """Canonical path form of a UTD ratio: 0.5, 1, 2, 0.25 (round-trips through float)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def fmt_lr(value: float) -> str:
+    """Canonical path form of a learning rate: 3e-4, 1.5e-4, 1e-3 (round-trips through float)."""
+    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
+    mantissa = "".join(map(str, digits))
+    exp10 = exponent + len(digits) - 1
+    if len(mantissa) > 1:
+        mantissa = f"{mantissa[0]}.{mantissa[1:]}"
+    return f"{'-' if sign else ''}{mantissa}e{exp10}"
+
+
+def run_name(job: TrainJob) -> str:
+    """The job's path below ``<results_dir>/runs`` (and, with ``.log``, below ``logs/train``)."""
+    return RUN_NAME.format(**job._asdict())
+
+
+# ----------------------------------------------------------------------------- grid and seeds
+
+
+def seed_list(value: int | Sequence[int]) -> list[int]:
+    """Seeds from the config: an int n means 0..n-1; a list is taken as given (sorted)."""
+    return list(range(value)) if isinstance(value, int) else sorted(int(s) for s in value)
+
+
+def seed_blocks(seeds: Iterable[int], per_job: int | None) -> list[tuple[int, int]]:
+    """Pack seeds into train jobs: (first, last) ranges of consecutive seeds.
+
+    per_job None: one job per run of consecutive seeds (all seeds in one job when they are
+    0..n-1). per_job k: fixed blocks [j*k, (j+1)*k) cut by runs, so a block's job depends only on
+    which of its own seeds are configured: adding seeds outside it never changes it.
+    """
+    blocks: list[list] = []
+    for seed in sorted(seeds):
+        key = None if per_job is None else seed // per_job
+        if blocks and blocks[-1][1] == seed - 1 and blocks[-1][2] == key:
+            blocks[-1][1] = seed
+        else:
+            blocks.append([seed, seed, key])
+    return [(first, last) for first, last, _ in blocks]
+
+
+def train_settings(cfg: dict, env: str) -> dict[str, Any]:
+    """Train settings of one env: cfg['train'] with cfg['train_overrides'][env] on top."""
+    settings = dict(cfg["train"])
+    settings.update(cfg["train_overrides"].get(env, {}))
+    return settings
+
+
+def train_jobs(
+    cfg: dict, check_envs: Callable[[list[tuple[str, str]]], None] | None = None
+) -> list[TrainJob]:
+    """All train jobs of a validated config's grid (deduplicated, in config order) after the
+    cross-field checks (a ValueError naming the key). ``check_envs`` gets the grid's
+    ``(config key, env name)`` pairs to check the names (the workflow passes one that asks
+    dm_control; the status command passes none)."""
+    from valuescale.config import AGENTS, setting_fields
+
+    jobs: dict[TrainJob, None] = {}
+    env_keys = []
+    for i, block in enumerate(cfg["grid"]):
+        where = f"grid[{i}]"
+        env_keys += [(f"{where}.envs", env) for env in block["envs"]]
+        for agent in block["agents"]:
+            if agent not in AGENTS:
+                raise config_error(
+                    f"{where}.agents",
+                    f"agent {agent!r} is not implemented by the engine (available: "
+                    f"{', '.join(AGENTS)})",
+                )
+        seeds = seed_list(block.get("seeds", cfg["seeds"]))
+        blocks = seed_blocks(seeds, cfg["seeds_per_job"])
+        for env in block["envs"]:
+            settings = train_settings(cfg, env)
+            for batch_size in block["batch_sizes"]:
+                if batch_size > settings["replay_size"]:
+                    raise config_error(
+                        f"{where}.batch_sizes",
+                        f"batch size {batch_size} is larger than the replay buffer "
+                        f"(train.replay_size = {settings['replay_size']}) for env {env}",
+                    )
+            resets = any(
+                "reset_interval" in {f.name for f in setting_fields(agent)}
+                for agent in block["agents"]
+            )
+            for utd in block["utd"]:
+                reset = settings["reset_interval"] if resets else 0
+                if reset and round(reset / utd) < 1:
+                    raise config_error(
+                        "train.reset_interval",
+                        f"{reset} gradient steps at utd {utd} is less than one env step",
+                    )
+            utds = [fmt_utd(u) for u in block["utd"]]
+            lrs = [fmt_lr(lr) for lr in block["lrs"]]
+            for agent in block["agents"]:
+                for utd in utds:
+                    for width in block["widths"]:
+                        for batch_size in block["batch_sizes"]:
+                            for lr in lrs:
+                                for first, last in blocks:
+                                    job = TrainJob(
+                                        env,
+                                        agent,
+                                        utd,
+                                        int(width),
+                                        int(batch_size),
+                                        lr,
+                                        first,
+                                        last,
+                                    )
+                                    jobs[job] = None
+    if check_envs is not None:
+        check_envs(list(dict.fromkeys(env_keys)))
+    grid_envs = {env for block in cfg["grid"] for env in block["envs"]}
+    for env in cfg["train_overrides"]:
+        if env not in grid_envs:
+            raise config_error(f"train_overrides.{env}", f"env {env!r} is not in the grid")
+    for env in grid_envs:
+        settings = train_settings(cfg, env)
+        key = f"train_overrides.{env}" if env in cfg["train_overrides"] else "train"
+        if settings["warmup_steps"] >= settings["steps"]:
+            raise config_error(
+                f"{key}.warmup_steps",
+                f"warmup_steps ({settings['warmup_steps']}) must be below steps "
+                f"({settings['steps']}) for env {env}, or nothing is trained",
+            )
+    return list(jobs)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def repo_root() -> Path:
+    """The repository this package runs from (the Snakefile's folder): the working directory
+    when it holds the workflow, else the checkout of an editable install."""
+    here = Path.cwd()
+    if (here / SCHEMA_RELPATH).is_file():
+        return here
+    return Path(__file__).resolve().parents[2]
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Snakemake's merge of a ``--configfile`` over the config so far: dicts are merged key by
+    key, anything else is replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(configfiles: Sequence[str | os.PathLike] = ()) -> dict:
+    """A study's config as the workflow sees it: ``config/config.yaml`` of the working directory
+    (when present) with each of ``configfiles`` merged over it, validated against the schema
+    with its defaults filled in (a ValueError naming the key or the file)."""
+    import yaml
+
+    files = [Path(f) for f in configfiles]
+    if DEFAULT_CONFIGFILE.is_file():
+        files.insert(0, DEFAULT_CONFIGFILE)
+    elif not files:
+        raise ValueError(
+            f"no study config: {DEFAULT_CONFIGFILE} is not in {Path.cwd()} and no --configfile "
+            "was given (run from the study's working directory or name its config)"
+        )
+    cfg: dict = {}
+    for path in files:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"config file {path} cannot be read ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} does not hold a mapping of config keys")
+        cfg = _merge(cfg, loaded)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """Schema validation of ``cfg`` in place (defaults filled in, ints written as 64.0 made
+    ints), re-raised as a ValueError naming the key: what the workflow does when it loads."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as snakemake_validate
+
+    try:
+        snakemake_validate(cfg, schema=str(repo_root() / SCHEMA_RELPATH))
+    except WorkflowError as err:
+        cause = err.__context__  # the jsonschema ValidationError
+        if not hasattr(cause, "absolute_path"):
+            raise
+        key = _dotted(list(cause.absolute_path))
+        hint = ""
+        if isinstance(cause.instance, str) and re.fullmatch(
+            r"[-+]?[0-9]+[eE][-+]?[0-9]+", cause.instance
+        ):
+            hint = f" (YAML reads {cause.instance} as a string; write it with a dot, e.g. 3.0e-4)"
+        if cause.validator == "additionalProperties":
+            hint = " (unknown key)"
+        raise config_error(key, cause.message + hint) from None
+    for block in cfg["grid"]:
+        block["widths"] = [int(w) for w in block["widths"]]
+        block["batch_sizes"] = [int(b) for b in block["batch_sizes"]]
+
+
+def _dotted(path: list) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"

@@ -16,12 +16,14 @@ from valuescale.agents.simbav2.loss import (
     atoms,
     categorical_loss,
     categorical_projection,
+    expected_value,
     td_target_distribution,
 )
 from valuescale.agents.simbav2.networks import (
     CategoricalCritic,
     Embedder,
     LerpBlock,
+    apply_critic,
     init_critic,
     l2_normalize,
     lerp,
@@ -336,20 +338,25 @@ TINY = sv.SimbaV2Config(
     critic_heads=2,
     passive_critic=True,
     passive_critic_width=8,
-    lr_decay_updates=10,
+    critic_lr=3e-3,
+    actor_lr=3e-3,
+    temperature_lr=3e-3,
+    lr_decay_updates=10_000,
 )
 
 
-def _tiny_replay(seed: int):
+def _tiny_replay(seed: int, bandit: bool = False):
+    """24 random transitions; ``bandit``: one-step episodes (mask 0) with reward ``2 a_0``."""
     rng = np.random.default_rng(seed)
     replay = replay_init(32, OBS_DIM, ACT_DIM)
     for _ in range(24):
+        action = rng.uniform(-1, 1, ACT_DIM)
         replay = replay_insert(
             replay,
             10.0 + rng.normal(size=OBS_DIM),
-            rng.uniform(-1, 1, ACT_DIM),
-            rng.uniform(0, 20),
-            float(rng.uniform() > 0.1),
+            action,
+            2.0 * action[0] if bandit else rng.uniform(0, 20),
+            0.0 if bandit else float(rng.uniform() > 0.1),
             10.0 + rng.normal(size=OBS_DIM),
         )
     return replay
@@ -422,3 +429,27 @@ def test_vmapped_updates_keep_kernels_on_the_sphere_and_learn():
     expected = evaluate(plain, normed)
     np.testing.assert_allclose(np.asarray(acted), np.asarray(expected), rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(np.asarray(acted)) <= 1.0)
+
+    # a bandit (reward 2 a_0, every episode one step long): the same compiled updates learn that
+    # a_0 = +1 is better, in the critic's expected values and in the actor's actions
+    replays = stack_seeds([_tiny_replay(2, bandit=True), _tiny_replay(3, bandit=True)])
+    identity = jax.vmap(lambda _: sv.identity_statistics(OBS_DIM))(jnp.arange(n_seeds))
+    learner = state.replace(statistics=identity)
+    for _ in range(70):
+        learner, info, _ = run(learner, replays)
+    assert np.all(np.isfinite(np.asarray(info["critic_loss"])))
+    module = CategoricalCritic(TINY.critic_width, TINY.critic_depth, TINY.n_atoms)
+    support = atoms(TINY.v_min, TINY.v_max, TINY.n_atoms)
+
+    @jax.jit
+    def q_of(params, obs, a0):
+        action = jnp.zeros(obs.shape[:-1] + (ACT_DIM,)).at[..., 0].set(a0)
+        return expected_value(apply_critic(module, params, obs, action), support)  # [H, B]
+
+    obs = replays.obs[:, :24]
+    q_plus = np.asarray(jax.vmap(q_of, (0, 0, None))(learner.critic_params, obs, 1.0))
+    q_minus = np.asarray(jax.vmap(q_of, (0, 0, None))(learner.critic_params, obs, -1.0))
+    assert (q_plus - q_minus).mean() > 1.0, (q_plus.mean(), q_minus.mean())
+    assert (q_plus > q_minus).mean() > 0.9
+    greedy = np.asarray(evaluate(learner, obs))[..., 0]
+    assert greedy.mean() > 0.5 and (greedy > 0).mean() > 0.9, greedy

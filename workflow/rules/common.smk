@@ -503,12 +503,13 @@ def analysis_settings(stage):
                 "bro": config["train"]["reset_interval"] or None,
                 "simbav2": None,
             },
+            "preprocess": dict(analysis["preprocess"]),
             "thresholds": dict(analysis["thresholds"]),
             "bootstrap": dict(analysis["bootstrap"]),
             "batch_size": dict(analysis["batch_size"]),
         }
     if stage == "fits":
-        return {"fits": dict(analysis["fits"])}
+        return {"fits": dict(analysis["fits"]), "batch_size": dict(analysis["batch_size"])}
     if stage == "allocation":
         return {
             "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},

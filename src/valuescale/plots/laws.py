@@ -13,7 +13,8 @@ from matplotlib.lines import Line2D
 
 from valuescale.analysis.data_efficiency import (
     DE_PARAMS,
-    average_over_envs,
+    averaged_fit_points,
+    batch_choice_of,
     predict_D,
     select_fit_points,
     suite_of,
@@ -152,10 +153,7 @@ def fit_points(points: pd.DataFrame, fit: pd.Series) -> pd.DataFrame:
         envs = envs_field.split(",")
     else:
         envs = sorted(e for e in sel["env"].unique() if suite_of(str(e)) == str(fit["scope"]))
-    sel = sel[sel["env"].isin(envs)]
-    if sel["env"].nunique() < 2:
-        return sel.iloc[0:0]
-    averaged, _ = average_over_envs(sel.reset_index(drop=True), None, scope=str(fit["scope"]))
+    averaged = averaged_fit_points({**fit.to_dict(), "envs": ",".join(envs)}, sel)
     return averaged.reset_index(drop=True)
 
 
@@ -164,7 +162,9 @@ def _load_points(tables: Inputs) -> pd.DataFrame:
     if crossings is None:
         raise NoData(f"no crossings table ({tables.path('crossings')})")
     best = tables.get("best_batch_size", BEST_BATCH_SIZE)
-    return select_fit_points(crossings, best)
+    fits = tables.get("fits_data_efficiency", FITS)
+    rules = {} if fits is None else batch_choice_of(fits)
+    return select_fit_points(crossings, best, batch_choice=rules)
 
 
 def _law(fit: pd.Series) -> dict[str, float]:

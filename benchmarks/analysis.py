@@ -123,7 +123,7 @@ def study_settings(
             "proposal": analysis["proposal"],
             "train": train,
         },
-        "figures": {"figures": analysis["figures"]},
+        "figures": {"figures": analysis["figures"], "preprocess": analysis["preprocess"]},
     }
 
 

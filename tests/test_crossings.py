@@ -237,6 +237,10 @@ def test_an_agent_with_its_own_settings_gets_its_own_unrounded_data_rule() -> No
     # SimbaV2: 0.95 x 20th percentile of its own best finals (591) = 561.45, not floored to 560
     assert tops["simbav2"] == pytest.approx(0.95 * np.percentile([503, 613, 723, 833, 943], 20))
     assert tops["simbav2"] == pytest.approx(561.45)
+    # explicit per-agent values come first
+    spec["per_agent"]["simbav2"]["j_max"] = {"cheetah-run": 657.0002}
+    table, _, _ = study_thresholds(bro + simba, spec, j_max={"cheetah-run": 850.0})
+    assert table[table["agent"] == "simbav2"]["threshold"].max() == 657.0002
     # without per-agent settings both agents share the env's thresholds
     shared, _, _ = study_thresholds(bro + simba, {"n": 5}, j_max={"cheetah-run": 850.0})
     assert (shared.groupby("agent")["threshold"].max() == 850.0).all()

@@ -532,7 +532,7 @@ def analysis_settings(stage):
             "train": {"critic_depth": config["train"]["critic_depth"]},
         }
     if stage == "figures":
-        return {"figures": dict(analysis["figures"])}
+        return {"figures": dict(analysis["figures"]), "preprocess": dict(analysis["preprocess"])}
     raise KeyError(stage)
 
 

@@ -869,6 +869,16 @@ def fit_data_efficiency_table(
         if "loglinear" in variants:
             rows.append(_row(_loglinear(data), variant="loglinear", **meta))
 
+    # the authors' task averaging: per (agent, source, suite) the per-env medians over every
+    # threshold, and which rows belong to configurations that reach their env's top threshold
+    normalisers: dict[tuple, tuple[dict[str, float], np.ndarray]] = {}
+    if "averaged" in variants and task_average == "authors":
+        for key, suite_points in points.groupby([*lead_keys, "suite"], sort=False):
+            top_ok = np.zeros(len(points), dtype=bool)
+            for _, env_points in suite_points.groupby("env"):
+                top_ok[env_points.index.to_numpy()] = _reaches_top(env_points)
+            normalisers[tuple(key)] = (env_medians(suite_points), top_ok)
+
     for key, data in points.groupby([*lead_keys, "suite", "threshold_idx"], sort=True):
         *lead_values, suite, t_idx = key
         if data["env"].nunique() < 2:
@@ -920,16 +930,9 @@ def fit_data_efficiency_table(
                     )
                 )
         if "averaged" in variants and task_average == "authors":
-            suite_points = points.loc[
-                (points["suite"] == suite)
-                & np.all(
-                    [points[k] == v for k, v in zip(lead_keys, lead_values, strict=True)], axis=0
-                )
-            ]
-            medians = env_medians(suite_points)
-            top_ok = np.zeros(len(points), dtype=bool)
-            for _, env_points in suite_points.groupby("env"):
-                top_ok[env_points.index.to_numpy()] = _reaches_top(env_points)
+            medians, top_ok = normalisers.get((*lead_values, suite)) or ({}, None)
+            if top_ok is None:
+                top_ok = np.zeros(len(points), dtype=bool)
             avg_rows = data[top_ok[data.index.to_numpy()] & data["env"].isin(list(medians))]
             boot = None if boot_all is None else boot_all[:, avg_rows.index.to_numpy()]
             avg, avg_boot = average_over_envs(avg_rows, boot, scope=suite, medians=medians)

@@ -17,8 +17,10 @@ seed-mean return, i.e. its best smoothed level within the run.
 Thresholds of a study (:func:`study_thresholds`, table ``thresholds.csv``: env, agent,
 threshold_idx, threshold) are set per env over the curves of every agent, except that an agent with
 its own settings (config ``analysis.thresholds.per_agent``) gets thresholds from its own curves:
-e.g. the authors' SimbaV2 fits use the data rule's J_max unrounded (``j_max_rule: data``,
-``round_to: null``) rather than the BRO table's.
+e.g. the authors' SimbaV2 fits use the unrounded J_max of their BRO data rule (h1-crawl 788.887,
+h1-stand 657.000: ``j_max: {env: value}``) rather than the rounded Table 2 values, or a study can
+give an agent the data rule on its own curves, unrounded (``j_max_rule: data``, ``round_to:
+null``).
 """
 
 from __future__ import annotations
@@ -148,7 +150,13 @@ def compute_thresholds(
 
 
 #: Keys of ``analysis.thresholds`` an agent's own settings may override (``per_agent``).
-AGENT_OVERRIDES: tuple[str, ...] = ("j_max_rule", "j_max_percentile", "j_max_factor", "round_to")
+AGENT_OVERRIDES: tuple[str, ...] = (
+    "j_max",
+    "j_max_rule",
+    "j_max_percentile",
+    "j_max_factor",
+    "round_to",
+)
 
 
 def study_thresholds(
@@ -163,7 +171,8 @@ def study_thresholds(
         curves: preprocessed configurations of every agent.
         spec: ``analysis.thresholds`` (n, j_max_percentile, j_max_factor, round_to and
             ``per_agent``: agent -> overrides of :data:`AGENT_OVERRIDES`; ``j_max_rule: data``
-            ignores the per-env ``j_max`` values for that agent).
+            ignores the per-env ``j_max`` values for that agent, ``j_max`` ({env: value}) sets
+            that agent's J_max of the envs it lists, above both).
         j_min, j_max: per-env overrides (the paper's table, or the user's values).
 
     Returns:
@@ -196,6 +205,7 @@ def study_thresholds(
             )
         round_to = settings.get("round_to", ROUND_TO)
         env_j_max = {} if rule == "data" else dict(j_max or {})
+        env_j_max.update((settings.get("j_max") or {}) if own else {})
         names = [own] if own else sorted(agents[env])
         try:
             table = compute_thresholds(

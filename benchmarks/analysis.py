@@ -123,7 +123,13 @@ def study_settings(
             "proposal": analysis["proposal"],
             "train": train,
         },
-        "figures": {"figures": analysis["figures"], "preprocess": analysis["preprocess"]},
+        "figures": {
+            "figures": {
+                **analysis["figures"],
+                "reset_dips": analysis["preprocess"]["reset_dips"],
+                "fit_exclude": analysis["fits"]["exclude"],
+            }
+        },
     }
 
 

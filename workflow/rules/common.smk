@@ -532,7 +532,14 @@ def analysis_settings(stage):
             "train": {"critic_depth": config["train"]["critic_depth"]},
         }
     if stage == "figures":
-        return {"figures": dict(analysis["figures"]), "preprocess": dict(analysis["preprocess"])}
+        # the figures redraw the fits' data: the same reset-dip rule and grid exclusions
+        return {
+            "figures": {
+                **analysis["figures"],
+                "reset_dips": analysis["preprocess"]["reset_dips"],
+                "fit_exclude": analysis["fits"]["exclude"],
+            }
+        }
     raise KeyError(stage)
 
 

@@ -133,9 +133,8 @@ class _Prepared:
 
 
 def _reset_rule(settings: Mapping[str, object]) -> str:
-    """The study's post-reset dip rule (``analysis.preprocess.reset_dips``; default ours)."""
-    spec = settings.get("preprocess") or {}
-    return str(spec.get("reset_dips", "ours")) if isinstance(spec, Mapping) else "ours"
+    """The study's post-reset dip rule (``reset_dips``: ``analysis.preprocess.reset_dips``)."""
+    return str(settings.get("reset_dips") or "ours")
 
 
 def _prepare_all(curves: pd.DataFrame, rule: str = "ours") -> list[_Prepared]:

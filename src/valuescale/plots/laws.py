@@ -15,6 +15,7 @@ from valuescale.analysis.data_efficiency import (
     DE_PARAMS,
     averaged_fit_points,
     batch_choice_of,
+    exclude_points,
     predict_D,
     select_fit_points,
     suite_of,
@@ -157,10 +158,13 @@ def fit_points(points: pd.DataFrame, fit: pd.Series) -> pd.DataFrame:
     return averaged.reset_index(drop=True)
 
 
-def _load_points(tables: Inputs) -> pd.DataFrame:
+def _load_points(tables: Inputs, settings: Mapping[str, object]) -> pd.DataFrame:
+    """The fits' points: the grid exclusions (``fit_exclude``: ``analysis.fits.exclude``) and the
+    batch-size rules recorded in the fits table applied as the fits applied them."""
     crossings = tables.get("crossings", CROSSINGS)
     if crossings is None:
         raise NoData(f"no crossings table ({tables.path('crossings')})")
+    crossings = exclude_points(crossings, settings.get("fit_exclude"))  # type: ignore[arg-type]
     best = tables.get("best_batch_size", BEST_BATCH_SIZE)
     fits = tables.get("fits_data_efficiency", FITS)
     rules = {} if fits is None else batch_choice_of(fits)
@@ -400,7 +404,7 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     chosen = select_fits(fits, _variants_setting(settings), _threshold_setting(settings))
     if chosen.empty:
         raise NoData("no data-efficiency fit with status ok")
-    points = _load_points(tables)
+    points = _load_points(tables, settings)
     compute_optimal = tables.get("compute_optimal", COMPUTE_OPTIMAL)
     panels: list[_ScalingPanel] = []
     for _, fit in chosen.iterrows():
@@ -509,7 +513,7 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
     chosen = select_fits(fits, ("per_env",), _threshold_setting(settings))
     if chosen.empty:
         raise NoData("no per-env data-efficiency fit with status ok")
-    points = _load_points(tables)
+    points = _load_points(tables, settings)
     pairs = []
     for _, fit in chosen.iterrows():
         pts = fit_points(points, fit)

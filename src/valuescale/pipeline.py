@@ -472,9 +472,8 @@ def crossings(
     curve_list = preprocess(df, max_step=max_step, reset_interval=reset, reset_rule=reset_rule)
     log.info("%d configurations after preprocessing (%s reset rule)", len(curve_list), reset_rule)
     thresholds, dropped = _thresholds_per_env(curve_list, envs, spec)
-    curve_list = [
-        c for c in curve_list if (str(c.key["env"]), str(c.key["agent"])) not in set(dropped)
-    ]
+    left_out = set(dropped)
+    curve_list = [c for c in curve_list if (str(c.key["env"]), str(c.key["agent"])) not in left_out]
     if curve_list:
         tables = crossing_tables(curve_list, thresholds, n_boot=n_boot, seed=seed)
         cr = _with_bootstrap(tables, n_boot).assign(reset_dips=reset_rule)
@@ -628,12 +627,11 @@ def fits(
     batch_choice = dict(spec.get("batch_choice") or {})
     min_batch = int(_settings(settings, "batch_size").get("min_batch_sizes", 3))
     cr_all = _read_crossings(crossings)
-    best_all = _read_best_batch(best_batch_size)
-    cr = exclude_points(cr_all, spec.get("exclude"))
-    best = exclude_points(best_all, spec.get("exclude"))
+    best = _read_best_batch(best_batch_size)
+    cr = exclude_points(cr_all, spec.get("exclude"))  # the D_J fits' grid; B* laws use all
     if len(cr) < len(cr_all):
         log.info(
-            "analysis.fits.exclude leaves %d of %d crossing rows out",
+            "analysis.fits.exclude leaves %d of %d crossing rows out of the D_J fits",
             len(cr_all) - len(cr),
             len(cr_all),
         )
@@ -655,7 +653,7 @@ def fits(
                 seed=seed,
                 task_average=task_average,
             )
-            bs_frames.extend(_batch_fits_for_source(source, cr, best, n_boot, n_starts, seed))
+            bs_frames.extend(_batch_fits_for_source(source, cr_all, best, n_boot, n_starts, seed))
         if len(table):
             rules = [batch_choice.get(str(a), "B_star") for a in table["agent"]]
             de_frames.append(table.assign(source=source, batch_choice=rules))
@@ -919,11 +917,11 @@ def fit_errors(
     """Rule ``fit_errors``: relative errors of the fits on fitted / interpolated / extrapolated
     configurations and of the batch-size rule vs its log-linear baseline
     (:func:`valuescale.analysis.evaluation.fit_error_table`); the grid points that
-    ``fits.exclude`` leaves out of the fits are left out here too."""
+    ``fits.exclude`` leaves out of the D_J fits are left out of their errors too."""
     spec = _settings(settings, "fits")
     cr = exclude_points(_read_crossings(crossings), spec.get("exclude"))
     fits_de = _read_fits_de(fits_data_efficiency)
-    best = exclude_points(_read_best_batch(best_batch_size), spec.get("exclude"))
+    best = _read_best_batch(best_batch_size)
     fits_bs = _read_fits_batch(fits_batch_size)
     with _quiet_numerics():
         table = evaluation.fit_error_table(

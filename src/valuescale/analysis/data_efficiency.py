@@ -33,7 +33,7 @@ where B_star is NaN) the batch size with the smallest D at each threshold (``bat
 agent may use the rule ``min_D_top`` instead (config ``analysis.fits.batch_choice``; the
 authors' SimbaV2 fits): the batch size with the smallest D at the top threshold, among (σ, N)
 groups with at least ``min_batch_sizes`` batch sizes (smaller groups are left out), its D at every
-threshold. Grid points can be left out of the fits per suite, agent, source or env
+threshold. Grid points can be left out of the D_J fits per suite, agent, source or env
 (:func:`exclude_points`, config ``analysis.fits.exclude``): the authors' DMC fits leave the
 0.55M critic out, and their DMC-hard fits σ = 1 too; their SimbaV2 fits leave W = 2048 out.
 

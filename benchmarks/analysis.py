@@ -13,6 +13,7 @@ Examples::
     python benchmarks/analysis.py
     python benchmarks/analysis.py --n-bootstrap 0 --no-figures
     python benchmarks/analysis.py --published ../shared/data/published --out /tmp/analysis
+    python benchmarks/analysis.py --configfile config/published.yaml   # the published study
 """
 
 from __future__ import annotations
@@ -60,15 +61,29 @@ def schema_defaults(node: dict[str, Any], defs: dict[str, Any]) -> Any:
     return node.get("default")
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` as Snakemake's --configfile does (dicts merged, rest replaced)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def study_settings(
-    n_bootstrap: int | None, paper_j_max: bool | None = None
+    n_bootstrap: int | None, paper_j_max: bool | None = None, configfile: Path | None = None
 ) -> dict[str, dict[str, Any]]:
-    """``analysis_settings(stage)`` of a published-only study with the schema's defaults."""
+    """``analysis_settings(stage)`` of a published-only study with the schema's defaults (and
+    the ``analysis`` block of ``configfile`` over them, e.g. ``config/published.yaml``)."""
     from valuescale.tasks import TASKS
 
     schema = yaml.safe_load(SCHEMA.read_text())
     defs = schema.get("$defs", {})
     analysis = schema_defaults(schema["properties"]["analysis"], defs)
+    if configfile is not None:
+        analysis = _merged(analysis, yaml.safe_load(configfile.read_text()).get("analysis") or {})
     train = schema_defaults(defs["train_settings"], defs)
     if n_bootstrap is not None:
         analysis["fits"]["n_bootstrap"] = n_bootstrap
@@ -85,11 +100,12 @@ def study_settings(
         "crossings": {
             "envs": {e: {k: v[k] for k in ("j_min", "j_max", "max_step")} for e, v in envs.items()},
             "reset_interval": {"bro": train["reset_interval"] or None, "simbav2": None},
+            "preprocess": analysis["preprocess"],
             "thresholds": analysis["thresholds"],
             "bootstrap": analysis["bootstrap"],
             "batch_size": analysis["batch_size"],
         },
-        "fits": {"fits": analysis["fits"]},
+        "fits": {"fits": analysis["fits"], "batch_size": analysis["batch_size"]},
         "allocation": {
             "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
             "compute": analysis["compute"],
@@ -107,7 +123,13 @@ def study_settings(
             "proposal": analysis["proposal"],
             "train": train,
         },
-        "figures": {"figures": analysis["figures"]},
+        "figures": {
+            "figures": {
+                **analysis["figures"],
+                "reset_dips": analysis["preprocess"]["reset_dips"],
+                "fit_exclude": analysis["fits"]["exclude"],
+            }
+        },
     }
 
 
@@ -191,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the paper's J_max for its envs (as config/published.yaml) instead of the data rule",
     )
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        default=None,
+        help="a study config whose analysis block overrides the schema's defaults "
+        "(config/published.yaml: the authors' conventions)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--verbose", action="store_true", help="log the stages' messages")
     args = parser.parse_args(argv)
@@ -205,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     if not zips:
         print(f"no published zips in {args.published}", file=sys.stderr)
         return 2
-    settings = study_settings(args.n_bootstrap, True if args.paper_j_max else None)
+    settings = study_settings(
+        args.n_bootstrap, True if args.paper_j_max else None, configfile=args.configfile
+    )
     with tempfile.TemporaryDirectory(prefix="valuescale-bench-") as tmp:
         root = args.out or Path(tmp)
         t = root / "tables"

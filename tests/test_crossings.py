@@ -21,7 +21,7 @@ from valuescale.analysis.crossings import (
     isotonic_batch,
 )
 from valuescale.analysis.preprocess import Curve, preprocess
-from valuescale.analysis.thresholds import compute_thresholds, paper_j_max
+from valuescale.analysis.thresholds import compute_thresholds, paper_j_max, study_thresholds
 
 EVAL_EVERY = 10_000
 STEPS = np.arange(1, 101) * EVAL_EVERY  # 10k .. 1M
@@ -220,6 +220,47 @@ def test_j_min_fallback_for_unknown_env_and_grouping() -> None:
     assert list(split.columns) == ["env", "agent", "threshold_idx", "threshold"]
     tops = split.groupby("agent")["threshold"].max()
     assert tops["simbav2"] > tops["bro"]
+
+
+def test_an_agent_with_its_own_settings_gets_its_own_unrounded_data_rule() -> None:
+    finals = [500, 600, 700, 800, 900]
+    bro = [_flat(_key(utd=u), v) for u, v in zip([1, 2, 4, 8, 16], finals, strict=True)]
+    simba = [
+        _flat(_key(agent="simbav2", utd=u), v)
+        for u, v in zip([1, 2, 4, 8, 16], [503, 613, 723, 833, 943], strict=True)
+    ]
+    spec = {"n": 5, "per_agent": {"simbav2": {"j_max_rule": "data", "round_to": None}}}
+    table, dropped, _ = study_thresholds(bro + simba, spec, j_max={"cheetah-run": 850.0})
+    assert list(table.columns) == ["env", "agent", "threshold_idx", "threshold"] and not dropped
+    tops = table.groupby("agent")["threshold"].max()
+    assert tops["bro"] == 850.0  # the configured (paper's) J_max
+    # SimbaV2: 0.95 x 20th percentile of its own best finals (591) = 561.45, not floored to 560
+    assert tops["simbav2"] == pytest.approx(0.95 * np.percentile([503, 613, 723, 833, 943], 20))
+    assert tops["simbav2"] == pytest.approx(561.45)
+    # explicit per-agent values come first
+    spec["per_agent"]["simbav2"]["j_max"] = {"cheetah-run": 657.0002}
+    table, _, _ = study_thresholds(bro + simba, spec, j_max={"cheetah-run": 850.0})
+    assert table[table["agent"] == "simbav2"]["threshold"].max() == 657.0002
+    # without per-agent settings both agents share the env's thresholds
+    shared, _, _ = study_thresholds(bro + simba, {"n": 5}, j_max={"cheetah-run": 850.0})
+    assert (shared.groupby("agent")["threshold"].max() == 850.0).all()
+    with pytest.raises(ValueError, match=r"per_agent.simbav2: unknown key\(s\) \['j_min'\]"):
+        study_thresholds(simba, {"per_agent": {"simbav2": {"j_min": 3}}})
+
+
+def test_seeds_remaining_after_a_seed_stops_and_the_mean_skips_it() -> None:
+    """A seed the engine marked diverged at step 500 has no evaluations from there on."""
+    steps = np.arange(1, 9) * 100
+    good = np.array([10, 20, 30, 40, 50, 60, 70, 80], dtype=float)
+    stopped = np.array([-50, -40, -30, -20, np.nan, np.nan, np.nan, np.nan])
+    curve = Curve(_key(), steps, np.stack([good, good, stopped], axis=1))
+    table = crossing_tables([curve], _thresholds([15.0, 45.0, 75.0]), n_boot=20).crossings
+    # NaN-padded mean: [-10, 0, 10, 20, 50, 60, 70, 80] -> D = 400, 500, 800
+    np.testing.assert_array_equal(table["D"], [400.0, 500.0, 800.0])
+    np.testing.assert_array_equal(table["seeds_remaining"], [3, 2, 2])
+    assert (table["n_seeds"] == 3).all()
+    never = crossing_tables([curve], _thresholds([500.0]), n_boot=5).crossings
+    assert np.isnan(never["D"].iloc[0]) and never["seeds_remaining"].iloc[0] == 2
 
 
 def test_j_min_not_below_j_max_is_a_clear_error() -> None:

@@ -12,6 +12,8 @@ from valuescale.analysis.data_efficiency import (
     attach_bootstrap_table,
     average_over_envs,
     bootstrap_matrix,
+    env_medians,
+    exclude_points,
     fit_data_efficiency,
     fit_data_efficiency_table,
     fit_shared_exponents,
@@ -255,3 +257,157 @@ def test_select_points_per_source_and_learning_rate_with_long_bootstrap() -> Non
     errors = prediction_errors(fits, held_points, fit_source="synthetic")
     # held-out D is doubled: |D - 2D| / 2D = 0.5 (the fits on exact data are near exact)
     np.testing.assert_allclose(errors["rel_error"], 0.5, rtol=1e-3)
+
+
+# --------------------------------------------------------------------------- the authors' conventions
+
+
+def _pts(env: str, D_by_point: dict[int, list[float]]) -> list[dict]:
+    """Rows of one env: point i at (σ = 2^i, N = 1e6 * 2^i), D per threshold index."""
+    return [
+        {
+            "env": env,
+            "agent": "bro",
+            "utd": float(2**i),
+            "critic_params": 1e6 * 2**i,
+            "threshold_idx": t,
+            "D": D,
+        }
+        for i, ds in D_by_point.items()
+        for t, D in enumerate(ds)
+    ]
+
+
+def test_authors_task_average_by_hand() -> None:
+    points = pd.DataFrame(
+        _pts("a", {1: [100, 300], 2: [200, 400]})
+        + _pts("b", {1: [1000, np.nan], 2: [2000, 4000], 3: [500, 1000]})
+    )
+    medians = env_medians(points)
+    # a: median(100, 200, 300, 400); b: point 1 never reaches the top threshold -> left out
+    assert medians == {"a": 250.0, "b": 1500.0}
+    scale = np.median([250.0, 1500.0])  # 875
+    expected = {
+        0: [100 / 250, np.mean([200 / 250, 2000 / 1500]), 500 / 1500],
+        1: [300 / 250, np.mean([400 / 250, 4000 / 1500]), 1000 / 1500],
+    }
+    kept = points[~((points["env"] == "b") & (points["utd"] == 2.0))]  # b's point 1 left out
+    for t, values in expected.items():
+        avg, _ = average_over_envs(
+            kept[kept["threshold_idx"] == t].reset_index(drop=True), None, "s", medians=medians
+        )
+        np.testing.assert_allclose(avg.sort_values("utd")["D"], scale * np.array(values))
+    # today's per-threshold rule averages only points both envs reached at that threshold
+    avg, _ = average_over_envs(points[points["threshold_idx"] == 0].reset_index(drop=True))
+    np.testing.assert_allclose(
+        avg["D"],
+        np.median([150, 1500])
+        * np.mean([[100 / 150, 200 / 150], [1000 / 1500, 2000 / 1500]], axis=0),
+    )
+
+
+def test_authors_task_average_in_the_fit_table_recovers_scaled_copies() -> None:
+    u, n = grid()
+    scales = [0.5, 1.0, 4.0]
+    rows = []
+    for e, (env, c) in enumerate(
+        zip(("cheetah-run", "walker-run", "hopper-hop"), scales, strict=True)
+    ):
+        for t, term in enumerate((2e5, 3e5)):
+            D = c * predict_D(law(5e4, 1.0, 0.7, term), u, n)
+            if e == 2 and t == 1:
+                D[0] = np.nan  # hopper-hop's point 0 never reaches the top threshold
+            rows.append(
+                pd.DataFrame(
+                    {"env": env, "agent": "bro", "utd": u, "critic_params": n, "D": D}
+                ).assign(threshold_idx=t, threshold=100.0 * (t + 1))
+            )
+    points = pd.concat(rows, ignore_index=True)
+    table = fit_data_efficiency_table(
+        points, variants=("averaged",), n_boot=0, n_starts=2, task_average="authors"
+    )
+    assert list(table["task_average"]) == ["authors", "authors"]
+    medians = {
+        k: float(v) for k, v in (x.split("=") for x in table["norm_medians"].iloc[0].split(";"))
+    }
+    f = np.concatenate([predict_D(law(5e4, 1.0, 0.7, term), u, n) for term in (2e5, 3e5)])
+    assert medians["cheetah-run"] == pytest.approx(0.5 * np.median(f))
+    assert medians["hopper-hop"] == pytest.approx(4.0 * np.median(np.delete(f, [0, u.size])))
+    top = table[table["threshold_idx"] == 1].iloc[0]
+    assert top["status"] == "ok" and top["n_points"] == u.size  # point 0 from the other envs
+    per_threshold = fit_data_efficiency_table(points, variants=("averaged",), n_boot=0, n_starts=2)
+    assert set(per_threshold["task_average"]) == {"per_threshold"}
+    assert per_threshold["n_points"].iloc[1] == u.size - 1  # point 0 not reached by every env
+    with pytest.raises(ValueError, match="unknown task_average 'mine'"):
+        fit_data_efficiency_table(points, variants=("averaged",), task_average="mine")
+
+
+def test_exclude_points_by_suite_agent_and_value() -> None:
+    rows = [
+        {"env": env, "agent": agent, "source": "x", "utd": u, "width": w, "critic_params": n}
+        for env, agent in (("cheetah-run", "bro"), ("dog-run", "bro"), ("h1-crawl-v0", "simbav2"))
+        for u in (1.0, 2.0)
+        for w, n in ((128, 550_000), (2048, 1_050_000))
+    ]
+    df = pd.DataFrame(rows)
+    rules = [
+        {"suite": "dmc-medium", "critic_params": [550_000]},
+        {"suite": ["dmc-hard"], "critic_params": [550_000], "utd": [1]},
+        {"agent": "simbav2", "width": [2048]},
+    ]
+    kept = exclude_points(df, rules)
+    left = {(r.env, r.utd, r.critic_params) for r in kept.itertuples()}
+    assert left == {
+        ("cheetah-run", 1.0, 1_050_000),
+        ("cheetah-run", 2.0, 1_050_000),
+        ("dog-run", 2.0, 1_050_000),
+        ("h1-crawl-v0", 1.0, 550_000),
+        ("h1-crawl-v0", 2.0, 550_000),
+    }
+    assert exclude_points(df, []) is df
+    with pytest.raises(ValueError, match=r"exclude\[0\].*unknown key\(s\) \['sigma'\]"):
+        exclude_points(df, [{"sigma": [1]}])
+    with pytest.raises(ValueError, match="names none of"):
+        exclude_points(df, [{"suite": "dmc-hard"}])
+
+
+def test_min_d_top_takes_the_batch_size_best_at_the_top_threshold() -> None:
+    rows = []
+    # (σ = 1): B = 64 is best at threshold 0, B = 128 at the top (1); σ = 2 has 2 batch sizes only;
+    # σ = 4: nobody reaches the top, B = 256 is best at threshold 0
+    table = {
+        1.0: {64: [100, 900], 128: [200, 500], 256: [300, 700]},
+        2.0: {64: [100, 400], 128: [200, 300]},
+        4.0: {64: [500, np.nan], 128: [400, np.nan], 256: [300, np.nan]},
+    }
+    for u, by_b in table.items():
+        for B, ds in by_b.items():
+            for t, D in enumerate(ds):
+                rows.append(
+                    {
+                        "env": "h1-crawl-v0",
+                        "agent": "simbav2",
+                        "source": "s",
+                        "utd": u,
+                        "critic_params": 604_362,
+                        "batch_size": B,
+                        "lr": 1e-4,
+                        "threshold_idx": t,
+                        "threshold": 100.0 * t,
+                        "D": D,
+                    }
+                )
+    crossings = pd.DataFrame(rows)
+    points = select_fit_points(crossings, batch_choice={"simbav2": "min_D_top"})
+    chosen = points.groupby("utd")["batch_size"].unique().to_dict()
+    assert {u: list(b) for u, b in chosen.items()} == {1.0: [128], 4.0: [256]}
+    assert (points["batch_choice"] == "min_D_top").all()
+    np.testing.assert_array_equal(points[points["utd"] == 1.0]["D"], [200, 500])
+    # the default rule takes the smallest D per threshold (64 at threshold 0)
+    default = select_fit_points(crossings)
+    assert (
+        default[(default["utd"] == 1.0) & (default["threshold_idx"] == 0)]["batch_size"].item()
+        == 64
+    )
+    with pytest.raises(ValueError, match="unknown batch choice"):
+        select_fit_points(crossings, batch_choice={"simbav2": "nearest"})

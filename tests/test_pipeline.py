@@ -243,7 +243,8 @@ def test_crossings_stage_outputs(study: dict) -> None:
     assert np.isfinite(cr["D"]).mean() > 0.8
     assert {len(v) for v in cr["D_boot"]} == {20}  # the K bootstrap crossings of every row
     th = pd.read_csv(study["thresholds"])
-    assert list(th.columns[:3]) == ["env", "threshold_idx", "threshold"]
+    assert list(th.columns[:4]) == ["env", "agent", "threshold_idx", "threshold"]
+    assert (cr["reset_dips"] == "ours").all() and (cr["seeds_remaining"] <= cr["n_seeds"]).all()
     lows = th[th["threshold_idx"] == 0].set_index("env")["threshold"]
     assert lows.to_dict() == {"h1-pole-v0": 300.0, "humanoid-stand": 300.0}  # paper J_min
     best = pd.read_csv(study["best_batch_size"])
@@ -274,6 +275,27 @@ def test_fits_stage_outputs(study: dict) -> None:
     run = bs[(bs["basis"] == "run_batch_size") & (bs["level"] == "env")].set_index("scope")
     assert set(run.index) == set(ENVS)
     assert (run["loglinear_rel_error"] < 0.1).all()
+
+
+def test_fits_stage_applies_and_records_the_conventions(study: dict, tmp_path) -> None:
+    """analysis.fits.exclude leaves grid points out; batch_choice and task_average are recorded."""
+    out_de = tmp_path / "de.csv"
+    spec = settings(
+        "fits",
+        variants=["per_env"],
+        exclude=[{"env": "h1-pole-v0", "utd": [1, 2]}],
+        batch_choice={"bro": "B_star"},
+        task_average="authors",
+        n_starts=1,
+    )
+    pipeline.fits(study["crossings"], study["best_batch_size"], out_batch_size=tmp_path / "bs.csv",
+                  out_data_efficiency=out_de, settings=spec)  # fmt: skip
+    de = pd.read_csv(out_de)
+    pole = de[(de["scope"] == "h1-pole-v0") & (de["source"] == "fitted_bs")]
+    assert len(pole) == 20 and (pole["utd_min"] > 2).all()
+    stand = de[(de["scope"] == "humanoid-stand") & (de["source"] == "fitted_bs")]
+    assert (stand["utd_min"] <= 2).any()  # another env: untouched
+    assert (de["batch_choice"] == "B_star").all()
 
 
 def test_fits_cap_bootstrap_and_give_cis(study: dict, tmp_path) -> None:
@@ -664,7 +686,7 @@ def test_empty_study_writes_every_table_with_its_columns(tmp_path) -> None:
                       settings=settings("proposal"))  # fmt: skip
     assert len(pd.read_parquet(t / "crossings.parquet")) == 0
     expected = {
-        "thresholds": ["env", "threshold_idx", "threshold"],
+        "thresholds": ["env", "agent", "threshold_idx", "threshold"],
         "best": ["env", "agent", "source", "utd", "critic_params"],
         "fits_bs": ["scope", "agent", "source", "basis", "level", "a_B"],
         "fits_de": ["scope", "agent", "source", "variant"],

@@ -15,6 +15,7 @@ from valuescale.analysis.preprocess import (
     isotonic,
     preprocess,
     remove_reset_dips,
+    remove_reset_dips_authors,
     seed_mean,
 )
 
@@ -129,6 +130,58 @@ def test_reset_level_is_the_last_kept_point_before_each_reset() -> None:
     # resets at 250 and 450: after 250 drop until >= 60; the reset at 450 sees the same level
     keep = remove_reset_dips(steps, mean, reset_every=250.0)
     np.testing.assert_array_equal(keep, [1, 1, 0, 0, 0, 1])
+
+
+def test_authors_reset_rule_places_an_on_step_evaluation_after_the_reset_when_it_dips() -> None:
+    steps = np.arange(1, 9) * 100
+    mean = np.array([10, 20, 30, 2, 8, 25, 35, 40], dtype=float)
+    # reset at 400, whose evaluation already shows the dip. Before: drop 2 - 8 = -6; after:
+    # drop 30 - 2 = 28 -> after; level 30 (the evaluation at 300): keep from 35 on.
+    np.testing.assert_array_equal(
+        remove_reset_dips_authors(steps, mean, 400.0), [1, 1, 1, 0, 0, 0, 1, 1]
+    )
+    # ours counts the on-step evaluation as before the reset: level 2, nothing dropped
+    assert remove_reset_dips(steps, mean, 400.0).all()
+
+
+def test_authors_reset_rule_levels_are_raw_and_a_dead_segment_is_dropped_whole() -> None:
+    steps = np.arange(1, 13) * 100
+    mean = np.array([10, 20, 30, 50, 5, 10, 20, 25, 40, 45, 55, 60], dtype=float)
+    # resets at 400, 800, 1200. Before (50-5) + (25-40) = 30 beats after (30-50) + (20-25) +
+    # (55-60) = -30; the reset at 1200 has no evaluation after it. Segment 500..800 never reaches
+    # 50: dropped whole; segment 900.. starts afresh with the raw level 25 (evaluation at 800).
+    np.testing.assert_array_equal(
+        remove_reset_dips_authors(steps, mean, 400.0), [1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1]
+    )
+    # ours keeps dropping until the kept level 50 is reached, across the reset at 800
+    np.testing.assert_array_equal(
+        remove_reset_dips(steps, mean, 400.0), [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1]
+    )
+    assert remove_reset_dips_authors(steps, mean, None).all()
+    assert remove_reset_dips_authors(steps, mean, 5000.0).all()
+    with pytest.raises(ValueError, match="reset_every must be positive"):
+        remove_reset_dips_authors(steps, mean, 0.0)
+
+
+def test_authors_reset_rule_truncates_the_reset_step() -> None:
+    # 2.5M / 3 gradient steps: the authors reset at int(833,333.3) = 833,333, where an evaluation
+    # lies; it shows the dip, so it counts as after the reset (level 50 at 833,000)
+    steps = np.array([833_000, 833_333, 834_000, 835_000])
+    mean = np.array([50.0, 5.0, 20.0, 60.0])
+    np.testing.assert_array_equal(remove_reset_dips_authors(steps, mean, 2.5e6 / 3), [1, 0, 0, 1])
+    # ours resets at 833,333.3: the evaluation at 833,333 is before it and sets the level (5)
+    assert remove_reset_dips(steps, mean, 2.5e6 / 3).all()
+
+
+def test_preprocess_reset_rule_is_chosen_by_name() -> None:
+    curve = dict(zip(range(100, 900, 100), [10, 20, 30, 2, 8, 25, 35, 40], strict=True))
+    df = coerce_table(_long({0: curve}, utd=4.0))  # resets every 1600 / 4 = 400 env steps
+    (ours,) = preprocess(df, reset_interval={"bro": 1600.0})
+    (theirs,) = preprocess(df, reset_interval={"bro": 1600.0}, reset_rule="authors")
+    assert len(ours.steps) == 8
+    np.testing.assert_array_equal(theirs.steps, [100, 200, 300, 700, 800])
+    with pytest.raises(ValueError, match="unknown reset-dip rule 'mine'"):
+        preprocess(df, reset_rule="mine")
 
 
 def test_preprocess_truncates_and_removes_dips_by_agent() -> None:

@@ -74,12 +74,13 @@ from valuescale.analysis.crossings import CROSSING_COLUMNS, CrossingTables, cros
 from valuescale.analysis.data_efficiency import (
     DE_PARAMS,
     attach_bootstrap_table,
+    exclude_points,
     fit_data_efficiency_table,
     select_fit_points,
     suite_of,
 )
 from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, preprocess
-from valuescale.analysis.thresholds import compute_thresholds
+from valuescale.analysis.thresholds import study_thresholds
 from valuescale.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ FITS_BATCH_REQUIRED: list[str] = ["scope", *BATCH_PARAMS, "status"]
 BUDGET_FITS_REQUIRED: list[str] = ["scope", "quantity", "slope", "intercept", "r2"]
 COMPUTE_OPTIMAL_REQUIRED: list[str] = ["scope", "D_target", "utd_star", "critic_params_star"]
 
-THRESHOLD_COLUMNS: list[str] = ["env", "threshold_idx", "threshold"]
+THRESHOLD_COLUMNS: list[str] = ["env", "agent", "threshold_idx", "threshold"]
 BEST_BATCH_COLUMNS: list[str] = [
     "env",
     "agent",
@@ -395,28 +396,15 @@ def _read_curves(path: PathLike) -> pd.DataFrame:
 
 def _thresholds_per_env(
     curves: list[Curve], envs: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]
-) -> tuple[pd.DataFrame, list[str]]:
-    """Thresholds of every env that can have them, and the envs dropped (with a warning)."""
-    by_env: dict[str, list[Curve]] = {}
-    for curve in curves:
-        by_env.setdefault(str(curve.key["env"]), []).append(curve)
-    kwargs = {
-        "n_thresholds": int(spec.get("n", 20)),
-        "percentile": float(spec.get("j_max_percentile", 20.0)),
-        "factor": float(spec.get("j_max_factor", 0.95)),
-        "round_to": float(spec.get("round_to", 10.0)),
-    }
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Thresholds of every (env, agent) that can have them, and the pairs dropped (with a
+    warning): :func:`valuescale.analysis.thresholds.study_thresholds`."""
     j_min = {e: v["j_min"] for e, v in envs.items() if v.get("j_min") is not None}
     j_max = {e: v["j_max"] for e, v in envs.items() if v.get("j_max") is not None}
-    frames, dropped = [], []
-    for env, env_curves in sorted(by_env.items()):
-        try:
-            frames.append(compute_thresholds(env_curves, j_min=j_min, j_max=j_max, **kwargs))
-        except ValueError as err:
-            log.warning("env %s: no thresholds (%s); its curves are left out", env, err)
-            dropped.append(env)
-    table = pd.concat(frames, ignore_index=True) if frames else _empty(THRESHOLD_COLUMNS)
-    return table, dropped
+    table, dropped, messages = study_thresholds(curves, spec, j_min=j_min, j_max=j_max)
+    for message in messages:
+        log.warning("%s; its curves are left out", message)
+    return (table if len(table) else _empty(THRESHOLD_COLUMNS)), dropped
 
 
 def _with_bootstrap(tables: CrossingTables, n_boot: int) -> pd.DataFrame:
@@ -464,8 +452,9 @@ def crossings(
     """Rule ``crossings``: preprocess, thresholds, bootstrap crossings D_J, best batch sizes.
 
     Settings: ``envs`` ({env: j_min, j_max, max_step}), ``reset_interval`` ({agent: gradient
-    steps or None}), ``thresholds`` (n, j_max_percentile, j_max_factor, round_to), ``bootstrap``
-    (n, seed), ``batch_size`` (min_batch_sizes).
+    steps or None}), ``preprocess`` (reset_dips), ``thresholds`` (n, j_max_percentile,
+    j_max_factor, round_to, per_agent), ``bootstrap`` (n, seed), ``batch_size``
+    (min_batch_sizes). The crossings table records the reset-dip rule (``reset_dips``).
     """
     df = _read_curves(curves)
     envs = _settings(settings, "envs")
@@ -478,13 +467,16 @@ def crossings(
     reset = dict((settings or {}).get("reset_interval") or {"bro": 2_500_000, "simbav2": None})
     reset = {a: (None if v in (None, 0) else float(v)) for a, v in reset.items()}
 
-    curve_list = preprocess(df, max_step=max_step, reset_interval=reset)
-    log.info("%d configurations after preprocessing", len(curve_list))
+    reset_rule = str(_settings(settings, "preprocess").get("reset_dips", "ours"))
+
+    curve_list = preprocess(df, max_step=max_step, reset_interval=reset, reset_rule=reset_rule)
+    log.info("%d configurations after preprocessing (%s reset rule)", len(curve_list), reset_rule)
     thresholds, dropped = _thresholds_per_env(curve_list, envs, spec)
-    curve_list = [c for c in curve_list if c.key["env"] not in dropped]
+    left_out = set(dropped)
+    curve_list = [c for c in curve_list if (str(c.key["env"]), str(c.key["agent"])) not in left_out]
     if curve_list:
         tables = crossing_tables(curve_list, thresholds, n_boot=n_boot, seed=seed)
-        cr = _with_bootstrap(tables, n_boot)
+        cr = _with_bootstrap(tables, n_boot).assign(reset_dips=reset_rule)
         best = best_batch_size_table(tables.bootstrap, min_batch_sizes=min_batch)
     else:
         log.warning("no configuration has thresholds: writing empty tables")
@@ -621,7 +613,9 @@ def fits(
 ) -> None:
     """Rule ``fits``: batch-size law (Eq. 6.1) + log-linear baseline, D_J(σ, N) (Eq. 7.1).
 
-    Settings ``fits``: ``n_starts``, ``seed``, ``n_bootstrap``, ``variants``, ``holdout_sources``.
+    Settings ``fits``: ``n_starts``, ``seed``, ``n_bootstrap``, ``variants``, ``holdout_sources``,
+    ``task_average``, ``exclude``, ``batch_choice``; ``batch_size``: ``min_batch_sizes``. The
+    data-efficiency table records each row's batch-size rule (``batch_choice``).
     """
     spec = _settings(settings, "fits")
     n_starts = int(spec.get("n_starts", 8))
@@ -629,22 +623,40 @@ def fits(
     n_boot = int(spec.get("n_bootstrap", 100))
     variants = tuple(spec.get("variants") or DEFAULT_VARIANTS)
     holdout = list(spec.get("holdout_sources") or [])
-    cr = _read_crossings(crossings)
+    task_average = str(spec.get("task_average", "per_threshold"))
+    batch_choice = dict(spec.get("batch_choice") or {})
+    min_batch = int(_settings(settings, "batch_size").get("min_batch_sizes", 3))
+    cr_all = _read_crossings(crossings)
     best = _read_best_batch(best_batch_size)
+    cr = exclude_points(cr_all, spec.get("exclude"))  # the D_J fits' grid; B* laws use all
+    if len(cr) < len(cr_all):
+        log.info(
+            "analysis.fits.exclude leaves %d of %d crossing rows out of the D_J fits",
+            len(cr_all) - len(cr),
+            len(cr_all),
+        )
 
     de_frames, bs_frames = [], []
     for source in fit_sources(cr, holdout):
-        points = select_fit_points(cr, best, sources=[source])
+        points = select_fit_points(
+            cr, best, sources=[source], batch_choice=batch_choice, min_batch_sizes=min_batch
+        )
         if points.empty:
             continue
         points = _cap_bootstrap(points, n_boot)
         with _quiet_numerics():
             table = fit_data_efficiency_table(
-                points, variants=variants, n_boot=n_boot, n_starts=n_starts, seed=seed
+                points,
+                variants=variants,
+                n_boot=n_boot,
+                n_starts=n_starts,
+                seed=seed,
+                task_average=task_average,
             )
-            bs_frames.extend(_batch_fits_for_source(source, cr, best, n_boot, n_starts, seed))
+            bs_frames.extend(_batch_fits_for_source(source, cr_all, best, n_boot, n_starts, seed))
         if len(table):
-            de_frames.append(table.assign(source=source))
+            rules = [batch_choice.get(str(a), "B_star") for a in table["agent"]]
+            de_frames.append(table.assign(source=source, batch_choice=rules))
             log.info(
                 "%s: data-efficiency fits %s",
                 source,
@@ -904,12 +916,13 @@ def fit_errors(
 ) -> None:
     """Rule ``fit_errors``: relative errors of the fits on fitted / interpolated / extrapolated
     configurations and of the batch-size rule vs its log-linear baseline
-    (:func:`valuescale.analysis.evaluation.fit_error_table`)."""
-    cr = _read_crossings(crossings)
+    (:func:`valuescale.analysis.evaluation.fit_error_table`); the grid points that
+    ``fits.exclude`` leaves out of the D_J fits are left out of their errors too."""
+    spec = _settings(settings, "fits")
+    cr = exclude_points(_read_crossings(crossings), spec.get("exclude"))
     fits_de = _read_fits_de(fits_data_efficiency)
     best = _read_best_batch(best_batch_size)
     fits_bs = _read_fits_batch(fits_batch_size)
-    spec = _settings(settings, "fits")
     with _quiet_numerics():
         table = evaluation.fit_error_table(
             cr.drop(columns="D_boot", errors="ignore"),

@@ -368,12 +368,13 @@ def analysis_settings(stage):
                 "bro": config["train"]["reset_interval"] or None,
                 "simbav2": None,
             },
+            "preprocess": dict(analysis["preprocess"]),
             "thresholds": dict(analysis["thresholds"]),
             "bootstrap": dict(analysis["bootstrap"]),
             "batch_size": dict(analysis["batch_size"]),
         }
     if stage == "fits":
-        return {"fits": dict(analysis["fits"])}
+        return {"fits": dict(analysis["fits"]), "batch_size": dict(analysis["batch_size"])}
     if stage == "allocation":
         return {
             "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
@@ -396,7 +397,14 @@ def analysis_settings(stage):
             "train": {"critic_depth": config["train"]["critic_depth"]},
         }
     if stage == "figures":
-        return {"figures": dict(analysis["figures"])}
+        # the figures redraw the fits' data: the same reset-dip rule and grid exclusions
+        return {
+            "figures": {
+                **analysis["figures"],
+                "reset_dips": analysis["preprocess"]["reset_dips"],
+                "fit_exclude": analysis["fits"]["exclude"],
+            }
+        }
     raise KeyError(stage)
 
 

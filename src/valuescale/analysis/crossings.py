@@ -11,7 +11,10 @@ Tables:
 * ``crossings``: :data:`CROSSING_COLUMNS` -- one row per (configuration, threshold). ``D`` is from
   the full-sample curve; ``D_std`` the standard deviation (ddof = 1) of the bootstrap crossings that
   are not NaN (NaN when fewer than two are); ``D_boot_nan_frac`` the fraction of resamples that never
-  reach the threshold.
+  reach the threshold; ``n_seeds`` the configuration's seeds and ``seeds_remaining`` how many of
+  them have an evaluation at step D (at the last evaluation where D is NaN): fewer than ``n_seeds``
+  where a seed stopped early (the authors' NaN-padded columns, or a seed the engine marked
+  ``diverged``), whose missing evaluations the means skip (:mod:`valuescale.analysis.preprocess`).
 * ``crossings_bootstrap``: :data:`BOOTSTRAP_COLUMNS` -- every resample's crossing, for the best
   batch size (:mod:`valuescale.analysis.best_config`) and bootstrap confidence intervals of fits.
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, isotonic, seed_mean
+from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, isotonic, seed_mean, seeds_at
 
 N_BOOT = 100
 CROSSING_COLUMNS: list[str] = [
@@ -45,6 +48,8 @@ CROSSING_COLUMNS: list[str] = [
     "D",
     "D_std",
     "D_boot_nan_frac",
+    "n_seeds",
+    "seeds_remaining",
 ]
 BOOTSTRAP_COLUMNS: list[str] = CONFIG_KEYS + ["threshold_idx", "threshold", "boot_idx", "D"]
 # Upper bound on K * T * T elements per isotonic_batch chunk (about 64 MB of float64).
@@ -244,6 +249,8 @@ def crossing_tables(
                 "D": full,
                 "D_std": np.where(n_finite >= 2, np.sqrt(boot_var), np.nan),
                 "D_boot_nan_frac": 1.0 - n_finite / n_boot,
+                "n_seeds": np.full(len(levels), curve.n_seeds, dtype=np.int64),
+                "seeds_remaining": seeds_at(curve, full),
             }
         )
         boots.append(boot)
@@ -275,6 +282,8 @@ _TYPES = {
     "D": "float64",
     "D_std": "float64",
     "D_boot_nan_frac": "float64",
+    "n_seeds": "int64",
+    "seeds_remaining": "int64",
     "boot_idx": "int64",
 }
 

@@ -8,17 +8,34 @@ fitted per return threshold J on the data needed to reach J at the best batch si
 * ``per_env``: one fit per (agent, env, threshold).
 * ``shared``: alpha_J and beta_J shared by the envs of a suite, D_min, a_J, b_J per env, in one
   joint optimisation; one output row per env (``scope`` = env, ``group`` = suite).
-* ``averaged``: each env's D_J divided by that env's median over the (σ, N) grid, averaged over
-  the suite's envs, multiplied by the median of the medians, and fitted as one env named after the
-  suite (``scope`` = suite). Envs are matched on (utd, width) when every row has a width, else on
-  (utd, critic_params); the averaged N is the geometric mean of the envs' N. Only grid points
-  where every env reached J are averaged.
+* ``averaged``: the suite's envs averaged into one env named after the suite (``scope`` = suite),
+  fitted per threshold. Two normalisations (:data:`TASK_AVERAGES`, config
+  ``analysis.fits.task_average``, column ``task_average``):
+
+  - ``authors`` (the paper's Appendix D): per env one median of D_J over *all* thresholds and all
+    (σ, N) configurations of that env that reach its top threshold (:func:`env_medians`; the
+    others are left out of the average); each D_J is divided by its env's median, the normalised
+    values are averaged over the envs that have that point (a mean over the available envs), and
+    the mean is multiplied by the median of the per-env medians. Column ``norm_medians`` records
+    the medians (``env=value;...``) so that evaluations and figures average the same way.
+  - ``per_threshold``: at each threshold, each env's D_J divided by that env's median over the grid
+    points every env reached at that threshold, averaged over the envs, multiplied by the median
+    of the medians; only points every env reached are averaged.
+
+  Envs are matched on (utd, width) when every row has a width, else on (utd, critic_params); the
+  averaged N is the geometric mean of the envs' N.
 * ``loglinear``: the baseline ``log D = log_intercept + slope_utd log σ + slope_critic_params log N``.
 
 Which rows feed the fits (:func:`select_fit_points`): per (env, agent, σ, N) the crossing rows of
 the batch size closest in log to ``B_star`` of the best-batch-size table; without that table (or
 where B_star is NaN) the batch size with the smallest D at each threshold (``batch_choice``
-``"min_D"``). Data with one batch size (e.g. the published DMC ablation, B = 1024) use it.
+``"min_D"``). Data with one batch size (e.g. the published DMC ablation, B = 1024) use it. An
+agent may use the rule ``min_D_top`` instead (config ``analysis.fits.batch_choice``; the
+authors' SimbaV2 fits): the batch size with the smallest D at the top threshold, among (σ, N)
+groups with at least ``min_batch_sizes`` batch sizes (smaller groups are left out), its D at every
+threshold. Grid points can be left out of the D_J fits per suite, agent, source or env
+(:func:`exclude_points`, config ``analysis.fits.exclude``): the authors' DMC fits leave the
+0.55M critic out, and their DMC-hard fits σ = 1 too; their SimbaV2 fits leave W = 2048 out.
 
 Bootstrap CIs: a ``D_boot`` column holding a length-K array per crossing row (see
 :func:`attach_bootstrap`), otherwise a parametric log-normal resample from ``D_std``
@@ -51,6 +68,13 @@ from valuescale.tasks import task_spec
 DE_PARAMS = ("D_min", "a_J", "alpha_J", "b_J", "beta_J")
 LOGLINEAR_PARAMS = ("log_intercept", "slope_utd", "slope_critic_params")
 VARIANTS = ("per_env", "shared", "averaged", "loglinear")
+#: Task-averaging normalisations of the ``averaged`` variant (module docstring).
+TASK_AVERAGES = ("authors", "per_threshold")
+#: Batch-size rules of :func:`select_fit_points` (``B_star`` falls back to ``min_D``).
+BATCH_CHOICES = ("B_star", "min_D_top")
+#: Keys of an ``analysis.fits.exclude`` rule: selectors, then the excluded values.
+EXCLUDE_SELECTORS = ("agent", "source", "suite", "env")
+EXCLUDE_VALUES = ("utd", "width", "critic_params")
 DEFAULT_N_BOOT = 100
 # Envs with fewer finite D at a threshold are left out of that threshold's shared/averaged fit.
 MIN_POINTS_PER_ENV = 3
@@ -302,11 +326,65 @@ def _n_finite(D: np.ndarray) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def exclude_points(df: pd.DataFrame, rules: Sequence[Mapping[str, object]] | None) -> pd.DataFrame:
+    """``df`` without the rows that an ``analysis.fits.exclude`` rule leaves out of the fits.
+
+    A rule holds selectors (:data:`EXCLUDE_SELECTORS`: ``agent``, ``source``, ``suite``, ``env``;
+    each a name or a list of names; absent = any) and excluded values (:data:`EXCLUDE_VALUES`:
+    lists of ``utd``, ``width``, ``critic_params``). A row is left out when it matches every
+    selector of a rule and one of its excluded values (``{suite: dmc-hard, utd: [1]}`` leaves
+    σ = 1 out of the DMC-hard envs). Works on crossings, fit points and best-batch-size tables.
+
+    Raises:
+        ValueError: a rule has an unknown key or no excluded values (naming the rule).
+    """
+    if not rules or df.empty:
+        return df
+    drop = np.zeros(len(df), dtype=bool)
+    suites = None
+    for i, rule in enumerate(rules):
+        unknown = set(rule) - set(EXCLUDE_SELECTORS) - set(EXCLUDE_VALUES)
+        if unknown or not set(rule) & set(EXCLUDE_VALUES):
+            raise ValueError(
+                f"analysis.fits.exclude[{i}] = {dict(rule)}: "
+                + (
+                    f"unknown key(s) {sorted(unknown)}"
+                    if unknown
+                    else f"names none of {list(EXCLUDE_VALUES)} to leave out"
+                )
+            )
+        match = np.ones(len(df), dtype=bool)
+        for key in EXCLUDE_SELECTORS:
+            if key not in rule:
+                continue
+            wanted = rule[key]
+            names = {str(v) for v in (wanted if isinstance(wanted, list | tuple) else [wanted])}
+            if key == "suite":
+                if suites is None:
+                    suites = np.array([suite_of(str(e)) for e in df["env"]])
+                values = suites
+            elif key in df:
+                values = df[key].astype(str).to_numpy()
+            else:
+                values = np.full(len(df), None)
+            match &= np.isin(values, list(names))
+        hit = np.zeros(len(df), dtype=bool)
+        for key in EXCLUDE_VALUES:
+            if key in rule and key in df:
+                listed = np.asarray(list(rule[key]), dtype=float)  # type: ignore[call-overload]
+                column = pd.to_numeric(df[key], errors="coerce").to_numpy(dtype=float)
+                hit |= np.isin(column, listed)
+        drop |= match & hit
+    return df[~drop]
+
+
 def select_fit_points(
     crossings: pd.DataFrame,
     best_batch_size: pd.DataFrame | None = None,
     *,
     sources: Collection[str] | None = None,
+    batch_choice: Mapping[str, str] | None = None,
+    min_batch_sizes: int = 3,
 ) -> pd.DataFrame:
     """One crossing row per (env, agent, [source,] utd, critic_params, threshold_idx).
 
@@ -315,17 +393,34 @@ def select_fit_points(
     closest in log to its ``B_star`` (the same batch size at every threshold; ties go to the
     smaller batch size). Configs without a finite ``B_star``, or calls without the table, use
     the batch size with the smallest D at each threshold (NaN counts as never). Where several
-    learning rates remain, the smallest D at each threshold is taken.
+    learning rates remain, the smallest D at each threshold is taken. Agents whose rule in
+    ``batch_choice`` is ``min_D_top`` use, per config (and learning rate) with at least
+    ``min_batch_sizes`` batch sizes, the batch size with the smallest D at the top threshold (ties:
+    the smaller batch size; where none reaches it, the smallest D at the highest threshold one
+    reaches), at every threshold; their configs with fewer batch sizes are left out.
 
     Args:
         crossings: the ``crossings`` table (optionally with a ``D_boot`` column).
         best_batch_size: the ``best_batch_size`` table, or None.
         sources: keep only these ``source`` values (e.g. ``["fitted_bs"]`` for the fits).
+        batch_choice: agent -> rule (:data:`BATCH_CHOICES`); agents not listed use ``B_star``.
+        min_batch_sizes: batch sizes a config needs under ``min_D_top``.
 
     Returns:
         The chosen rows (all crossing columns kept) plus ``B_star``, ``suite`` and
-        ``batch_choice`` (``"B_star"`` or ``"min_D"``).
+        ``batch_choice`` (``"B_star"``, ``"min_D"`` or ``"min_D_top"``).
     """
+    rules = dict(batch_choice or {})
+    unknown = {r for r in rules.values() if r not in BATCH_CHOICES}
+    if unknown:
+        raise ValueError(f"unknown batch choice(s) {sorted(unknown)}; expected {BATCH_CHOICES}")
+    top_agents = [a for a, r in rules.items() if r == "min_D_top"]
+    if top_agents and len(crossings):
+        by_top = crossings["agent"].astype(str).isin(top_agents)
+        rest = select_fit_points(crossings[~by_top], best_batch_size, sources=sources)
+        top = _min_d_top_points(crossings[by_top], sources, min_batch_sizes)
+        out = pd.concat([rest, top], ignore_index=True) if len(top) else rest
+        return out.sort_values(_config_keys(out) + ["threshold_idx"]).reset_index(drop=True)
     df = crossings
     if sources is not None:
         df = df[df["source"].isin(list(sources))]
@@ -364,6 +459,51 @@ def select_fit_points(
     out = out.sort_values([*keys, "threshold_idx"]).drop(columns=["_order", "_Dkey", "_dist"])
     out["suite"] = [suite_of(env) for env in out["env"]]
     return out.reset_index(drop=True)
+
+
+def _min_d_top_points(
+    crossings: pd.DataFrame, sources: Collection[str] | None, min_batch_sizes: int
+) -> pd.DataFrame:
+    """The ``min_D_top`` rows of :func:`select_fit_points`."""
+    df = crossings
+    if sources is not None:
+        df = df[df["source"].isin(list(sources))]
+    columns = [*crossings.columns, "B_star", "suite", "batch_choice"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    keys = _config_keys(df)
+    sub_keys = [*keys, "lr"] if "lr" in df else keys
+    df = df.copy()
+    counts = df.groupby(sub_keys, dropna=False)["batch_size"].transform("nunique")
+    df = df[counts >= min_batch_sizes]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    reached = df[np.isfinite(df["D"].astype(float))]
+    # per config and batch size: the highest threshold reached and D there
+    best = (
+        reached.assign(_neg_t=-reached["threshold_idx"])
+        .sort_values([*sub_keys, "_neg_t", "D", "batch_size"])
+        .drop_duplicates(sub_keys)[[*sub_keys, "batch_size"]]
+        .rename(columns={"batch_size": "_best_b"})
+    )
+    out = df.merge(best, on=sub_keys)
+    out = out[out["batch_size"] == out["_best_b"]].drop(columns="_best_b")
+    out = out.assign(B_star=np.nan, batch_choice="min_D_top")
+    # several learning rates: the smallest D at each threshold
+    out = out.assign(_Dkey=out["D"].astype(float).fillna(np.inf))
+    out = out.sort_values(["_Dkey", "batch_size"]).drop_duplicates([*keys, "threshold_idx"])
+    out = out.drop(columns="_Dkey").sort_values([*keys, "threshold_idx"])
+    out["suite"] = [suite_of(env) for env in out["env"]]
+    return out.reset_index(drop=True)
+
+
+def batch_choice_of(fits: pd.DataFrame) -> dict[str, str]:
+    """agent -> batch-size rule recorded in a fits table's ``batch_choice`` column (so that
+    evaluations and figures select the points the fits used)."""
+    if "batch_choice" not in fits or fits.empty:
+        return {}
+    sel = fits[fits["batch_choice"].isin(BATCH_CHOICES)]
+    return {str(a): str(r) for a, r in zip(sel["agent"], sel["batch_choice"], strict=True)}
 
 
 def _config_keys(df: pd.DataFrame) -> list[str]:
@@ -455,25 +595,83 @@ def bootstrap_matrix(
     return out
 
 
+def env_medians(points: pd.DataFrame) -> dict[str, float]:
+    """Per env, the authors' normaliser of task averaging (paper Appendix D).
+
+    The median of D over every threshold and every (σ, N) configuration of the env that reaches
+    the env's top threshold (its highest ``threshold_idx``); configurations that never reach it are
+    left out. Envs where none reaches it are absent.
+
+    Args:
+        points: fit points of one agent and source (env, utd, critic_params, threshold_idx, D),
+            every threshold.
+    """
+    out: dict[str, float] = {}
+    for env, data in points.groupby("env", sort=True):
+        ok = _reaches_top(data)
+        D = data.loc[ok, "D"].to_numpy(float)
+        D = D[np.isfinite(D)]
+        if D.size:
+            out[str(env)] = float(np.median(D))
+    return out
+
+
+def _reaches_top(data: pd.DataFrame) -> np.ndarray:
+    """Mask of the rows of one env whose configuration reaches the env's top threshold."""
+    keys = [k for k in ("agent", "source", "utd", "critic_params") if k in data]
+    top = data["threshold_idx"].max()
+    at_top = data[(data["threshold_idx"] == top) & np.isfinite(data["D"].astype(float))]
+    reached = pd.MultiIndex.from_frame(at_top[keys])
+    return np.asarray(pd.MultiIndex.from_frame(data[keys]).isin(reached))
+
+
+def format_medians(medians: Mapping[str, float]) -> str:
+    """``env=value;...``: the ``norm_medians`` column of the averaged fits."""
+    return ";".join(f"{env}={value:.10g}" for env, value in sorted(medians.items()))
+
+
+def parse_medians(text: object) -> dict[str, float] | None:
+    """Inverse of :func:`format_medians`; None for an empty or missing value."""
+    if not isinstance(text, str) or not text:
+        return None
+    out = {}
+    for item in text.split(";"):
+        env, _, value = item.partition("=")
+        out[env] = float(value)
+    return out
+
+
 def average_over_envs(
-    points: pd.DataFrame, D_boot: np.ndarray | None = None, scope: str | None = None
+    points: pd.DataFrame,
+    D_boot: np.ndarray | None = None,
+    scope: str | None = None,
+    *,
+    medians: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Task-averaged data of one threshold index over the envs in ``points``.
 
-    Each env's D is divided by its median over the grid points every env reached, averaged over
-    envs, and multiplied by the median of the medians (the same for every bootstrap resample).
-    Envs are matched on (utd, width) when all rows have a width, else on (utd, critic_params);
-    the averaged N is the geometric mean of the envs' N at that point.
+    Without ``medians`` (``per_threshold``): each env's D is divided by its median over the grid
+    points every env reached, averaged over envs, and multiplied by the median of the medians
+    (the same for every bootstrap resample); only those points are kept. With ``medians`` (the
+    authors' convention, :func:`env_medians`): each env's D is divided by its given median, the
+    mean is over the envs that have the point (any point some env has is kept), times the median
+    of all the given medians; envs without a median are left out. Envs are matched on
+    (utd, width) when all rows have a width, else on (utd, critic_params); the averaged N is the
+    geometric mean of the N of the envs averaged at that point.
 
     Returns:
         ``(averaged points with env = scope, averaged [K, m] resamples or None)``.
     """
+    if medians is not None:
+        keep_env = points["env"].astype(str).isin(list(medians)).to_numpy()
+        points = points[keep_env].reset_index(drop=True)
+        D_boot = None if D_boot is None else D_boot[:, keep_env]
     envs = sorted(points["env"].unique())
-    by_width = "width" in points and points["width"].notna().all()
+    by_width = "width" in points and points["width"].notna().all() and len(points) > 0
     match = ["utd", "width"] if by_width else ["utd", "critic_params"]
     finite = points[np.isfinite(points["D"].astype(float))]
     counts = finite.groupby(match)["env"].nunique()
-    common = counts[counts == len(envs)].index
+    common = counts.index if medians is not None else counts[counts == len(envs)].index
     columns = ["env", *match, "critic_params", "D"]
     if len(common) == 0:
         return pd.DataFrame(columns=columns), None if D_boot is None else np.empty((len(D_boot), 0))
@@ -484,7 +682,7 @@ def average_over_envs(
     order = {key: i for i, key in enumerate(common)}
     m, n_env = len(common), len(envs)
     D = np.full((n_env, m), np.nan)
-    log_n = np.zeros((n_env, m))
+    log_n = np.full((n_env, m), np.nan)
     Db = None if boot is None else np.full((boot.shape[0], n_env, m), np.nan)
     for j, row in enumerate(sel.itertuples(index=False)):
         e = envs.index(row.env)
@@ -493,18 +691,49 @@ def average_over_envs(
         log_n[e, i] = np.log(row.critic_params)
         if Db is not None:
             Db[:, e, i] = boot[:, j]
-    averaged = _normalised_mean(D)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN points/resamples stay NaN
+        if medians is None:
+            averaged = _normalised_mean(D)
+        else:
+            med = np.array([medians[str(e)] for e in envs], dtype=float)
+            averaged = _fixed_normalised_mean(D, med)
+        has = np.isfinite(D)
+        mean_log_n = np.nanmean(np.where(has, log_n, np.nan), axis=0)
     out = pd.DataFrame(list(common), columns=match)
     if by_width:
-        out["critic_params"] = np.exp(log_n.mean(axis=0))
+        out["critic_params"] = np.exp(mean_log_n)
     out["D"] = averaged
     out.insert(0, "env", scope or "+".join(envs))
     avg_boot = None
     if Db is not None:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples stay NaN
-            avg_boot = _normalised_mean(Db)
+            avg_boot = _normalised_mean(Db) if medians is None else _fixed_normalised_mean(Db, med)
     return out, avg_boot
+
+
+def _fixed_normalised_mean(D: np.ndarray, medians: np.ndarray) -> np.ndarray:
+    """Mean over the envs present (axis -2) of D / medians[env], times the median of medians."""
+    return np.nanmean(D / medians[:, None], axis=-2) * float(np.median(medians))
+
+
+def averaged_fit_points(fit: Mapping[str, object], points: pd.DataFrame) -> pd.DataFrame:
+    """The averaged (σ, N, D) points of one ``averaged`` fit row, normalised as the fit was.
+
+    Args:
+        fit: a row of ``fits_data_efficiency`` (variant ``averaged``; ``envs`` lists the envs it
+            averaged, ``norm_medians`` the authors'-convention medians if it used them).
+        points: points of the fit's agent at the fit's threshold (any envs).
+    """
+    envs_field = fit.get("envs")
+    envs = [e for e in str(envs_field or "").split(",") if e]
+    sub = points[points["env"].isin(envs)] if envs else points
+    medians = parse_medians(fit.get("norm_medians"))
+    if medians is None and (sub.empty or sub["env"].nunique() < max(len(envs), 2)):
+        return pd.DataFrame(columns=["env", "utd", "critic_params", "D"])
+    avg, _ = average_over_envs(sub.reset_index(drop=True), None, str(fit["scope"]), medians=medians)
+    return avg
 
 
 def _normalised_mean(D: np.ndarray) -> np.ndarray:
@@ -583,6 +812,7 @@ def fit_data_efficiency_table(
     n_boot: int = DEFAULT_N_BOOT,
     n_starts: int = 8,
     seed: int = 0,
+    task_average: str = "per_threshold",
 ) -> pd.DataFrame:
     """Fit Eq. 7.1 (and the log-linear baseline) for every scope, variant and threshold.
 
@@ -592,18 +822,22 @@ def fit_data_efficiency_table(
         variants: subset of ``("per_env", "shared", "averaged", "loglinear")``.
         n_boot: bootstrap resamples when they are drawn from D_std (0 = no CIs).
         n_starts, seed: multi-start settings of every fit.
+        task_average: normalisation of the ``averaged`` variant (:data:`TASK_AVERAGES`).
 
     Returns:
         ``fits_data_efficiency.csv``: scope, agent, [source,] variant, group (env, or suite for
         shared/averaged), envs (those in a shared/averaged fit), threshold_idx, threshold,
         D_min, a_J, alpha_J, b_J, beta_J, log_intercept, slope_utd, slope_critic_params (each with
-        ``_lo``/``_hi``), loss, status, reason, n_points, n_boot_ok and the data ranges utd_min,
-        utd_max, critic_params_min, critic_params_max, D_obs_min, D_obs_max.
+        ``_lo``/``_hi``), loss, status, reason, n_points, n_boot_ok, the data ranges utd_min,
+        utd_max, critic_params_min, critic_params_max, D_obs_min, D_obs_max, and on averaged rows
+        ``task_average`` and ``norm_medians`` (the authors' per-env medians, else empty).
     """
     variants = tuple(variants)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; expected a subset of {VARIANTS}")
+    if task_average not in TASK_AVERAGES:
+        raise ValueError(f"unknown task_average {task_average!r}; expected one of {TASK_AVERAGES}")
     points = points.reset_index(drop=True)
     if "suite" not in points:
         points = points.assign(suite=[suite_of(env) for env in points["env"]])
@@ -634,6 +868,16 @@ def fit_data_efficiency_table(
             rows.append(_row(fit, variant="per_env", **meta))
         if "loglinear" in variants:
             rows.append(_row(_loglinear(data), variant="loglinear", **meta))
+
+    # the authors' task averaging: per (agent, source, suite) the per-env medians over every
+    # threshold, and which rows belong to configurations that reach their env's top threshold
+    normalisers: dict[tuple, tuple[dict[str, float], np.ndarray]] = {}
+    if "averaged" in variants and task_average == "authors":
+        for key, suite_points in points.groupby([*lead_keys, "suite"], sort=False):
+            top_ok = np.zeros(len(points), dtype=bool)
+            for _, env_points in suite_points.groupby("env"):
+                top_ok[env_points.index.to_numpy()] = _reaches_top(env_points)
+            normalisers[tuple(key)] = (env_medians(suite_points), top_ok)
 
     for key, data in points.groupby([*lead_keys, "suite", "threshold_idx"], sort=True):
         *lead_values, suite, t_idx = key
@@ -685,7 +929,45 @@ def fit_data_efficiency_table(
                         **suite_meta,
                     )
                 )
-        if "averaged" in variants:
+        if "averaged" in variants and task_average == "authors":
+            medians, top_ok = normalisers.get((*lead_values, suite)) or ({}, None)
+            if top_ok is None:
+                top_ok = np.zeros(len(points), dtype=bool)
+            avg_rows = data[top_ok[data.index.to_numpy()] & data["env"].isin(list(medians))]
+            boot = None if boot_all is None else boot_all[:, avg_rows.index.to_numpy()]
+            avg, avg_boot = average_over_envs(avg_rows, boot, scope=suite, medians=medians)
+            avg_envs = sorted(
+                avg_rows.loc[np.isfinite(avg_rows["D"].astype(float)), "env"].unique()
+            )
+            if len(medians) < 2:
+                why = "fewer than 2 envs reach their top threshold"
+                fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
+            elif len(avg) == 0:
+                fit = failed_result(DE_PARAMS, STATUS_FAILED, "no env reached this threshold")
+            else:
+                fit = fit_data_efficiency(
+                    avg["utd"].to_numpy(float),
+                    avg["critic_params"].to_numpy(float),
+                    avg["D"].to_numpy(float),
+                    avg_boot,
+                    **fit_kw,
+                )
+            row = _row(
+                fit,
+                scope=suite,
+                variant="averaged",
+                group=suite,
+                threshold=np.nan,
+                data=avg,
+                **{**suite_meta, "envs": ",".join(sorted(medians))},
+            )
+            row.update(
+                task_average=task_average,
+                norm_medians=format_medians(medians),
+                n_envs_at_threshold=len(avg_envs),
+            )
+            rows.append(row)
+        elif "averaged" in variants:
             avg, avg_boot = average_over_envs(used, boot, scope=suite)
             if len(envs) < 2:
                 why = f"fewer than 2 envs with {MIN_POINTS_PER_ENV} finite D"
@@ -701,17 +983,17 @@ def fit_data_efficiency_table(
                     avg_boot,
                     **fit_kw,
                 )
-            rows.append(
-                _row(
-                    fit,
-                    scope=suite,
-                    variant="averaged",
-                    group=suite,
-                    threshold=np.nan,
-                    data=avg,
-                    **suite_meta,
-                )
+            row = _row(
+                fit,
+                scope=suite,
+                variant="averaged",
+                group=suite,
+                threshold=np.nan,
+                data=avg,
+                **suite_meta,
             )
+            row.update(task_average=task_average, norm_medians="", n_envs_at_threshold=len(envs))
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

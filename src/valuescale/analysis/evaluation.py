@@ -55,7 +55,8 @@ from valuescale.analysis.batch_size_fit import (
     usable_batch_rows,
 )
 from valuescale.analysis.data_efficiency import (
-    average_over_envs,
+    averaged_fit_points,
+    batch_choice_of,
     fit_data_efficiency_table,
     prediction_errors,
     select_fit_points,
@@ -151,22 +152,18 @@ def _averaged_points(fits: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """Task-averaged evaluation points, one set per (agent, suite, threshold) of the averaged fits.
 
     The envs averaged are those the fit used (its ``envs`` column); a point enters only where
-    every one of them has a finite D (:func:`average_over_envs`).
+    every one of them has a finite D, or normalised by the fit's own per-env medians when it used
+    the authors' convention (:func:`valuescale.analysis.data_efficiency.averaged_fit_points`).
     """
     frames = []
     sel = fits[(fits["variant"] == "averaged") & (fits["status"] == "ok")]
-    for fit in sel.itertuples(index=False):
-        envs = [e for e in str(getattr(fit, "envs", "") or "").split(",") if e]
+    for _, fit in sel.iterrows():
         sub = points[
-            (points["agent"] == fit.agent)
-            & (points["threshold_idx"] == fit.threshold_idx)
-            & points["env"].isin(envs)
+            (points["agent"] == fit["agent"]) & (points["threshold_idx"] == fit["threshold_idx"])
         ]
-        if sub.empty or sub["env"].nunique() < len(envs):
-            continue
-        avg, _ = average_over_envs(sub.reset_index(drop=True), None, scope=str(fit.scope))
+        avg = averaged_fit_points(fit, sub)
         if len(avg):
-            frames.append(avg.assign(agent=fit.agent, threshold_idx=int(fit.threshold_idx)))
+            frames.append(avg.assign(agent=fit["agent"], threshold_idx=int(fit["threshold_idx"])))
     if not frames:
         return pd.DataFrame(columns=["env", "agent", "utd", "critic_params", "threshold_idx", "D"])
     return pd.concat(frames, ignore_index=True)
@@ -255,7 +252,10 @@ def fit_error_table(
         if fit_source in eval_sources:
             continue
         fit_points = select_fit_points(
-            crossings, best_batch_size, sources=str(fit_source).split("+")
+            crossings,
+            best_batch_size,
+            sources=str(fit_source).split("+"),
+            batch_choice=batch_choice_of(src_fits),
         )
         envs = set(zip(src_fits["agent"], src_fits["scope"], strict=True))
         if "envs" in src_fits:  # shared / averaged rows list the envs they pooled

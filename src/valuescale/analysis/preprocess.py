@@ -7,8 +7,17 @@ to a steps[T] x seeds[S] return matrix, then
 1. truncated to a per-env maximum step (optional),
 2. cleared of post-reset dips: resets happen every ``reset_interval / utd`` env steps
    (``reset_interval`` gradient steps, 2.5M for BRO, none for SimbaV2); after each reset the
-   evaluation points are dropped until the seed-mean return recovers to its level at the last
-   evaluation at or before the reset (:func:`remove_reset_dips`),
+   evaluation points are dropped until the seed-mean return recovers to its pre-reset level.
+   Two rules (:data:`RESET_RULES`, config ``analysis.preprocess.reset_dips``):
+
+   * ``ours`` (:func:`remove_reset_dips`): an evaluation exactly on a reset step counts as before
+     it; the level is the last *kept* evaluation at or before the reset; a dip that never recovers
+     drops everything after it.
+   * ``authors`` (:func:`remove_reset_dips_authors`, the authors' published analysis): the reset
+     step is truncated to ``int(reset_interval / utd)``; per configuration an evaluation exactly on
+     a reset step counts as before or after it, whichever gives the larger summed drop over the
+     resets; the level is the raw seed-mean just before the reset (kept or not); a segment between
+     two resets that never recovers is dropped whole and the next reset starts afresh.
 3. summarised by the isotonic (monotone non-decreasing) regression of the seed-mean return
    (:func:`isotonic`).
 
@@ -18,7 +27,12 @@ decided once on the full-sample mean and applied to every seed.
 Runs that share :data:`CONFIG_KEYS` but differ in another hyperparameter column (the published
 ``side_critic`` runs differ only in the passive critic's width, which never acts or bootstraps) are
 pooled: each (run, seed) becomes one sample. A seed without an evaluation at some step is missing
-(NaN) there; the seed mean averages the seeds present.
+(NaN) there; the seed mean averages the seeds present. This is how the authors treat their
+NaN-padded seed columns, and how a seed the engine marks ``diverged`` is treated: the engine writes
+no rows at or after its divergence step, so from there on the seed is missing, and the means (and
+the bootstrap's resampled means) average the seeds that remain. The crossings table reports how
+many remain at each D_J (``seeds_remaining``, :func:`seeds_at`), so a point carried by fewer seeds
+is visible instead of silently biasing the fit.
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ CONFIG_KEYS: list[str] = [
 DEFAULT_RESET_INTERVAL: Mapping[str, float | None] = MappingProxyType(
     {"bro": 2_500_000.0, "simbav2": None}
 )
+#: Post-reset dip rules (module docstring): ours, and the authors' published one.
+RESET_RULES: tuple[str, ...] = ("ours", "authors")
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,93 @@ def remove_reset_dips(
     return keep
 
 
+def remove_reset_dips_authors(
+    steps: np.ndarray, mean_return: np.ndarray, reset_every: float | None
+) -> np.ndarray:
+    """Mask of the evaluation points to keep under the authors' post-reset dip rule.
+
+    Resets at every positive multiple of ``R = int(reset_every)`` env steps up to the last
+    evaluation. An evaluation exactly on a reset step is placed before the reset or after it,
+    whichever gives the larger summed drop ``sum(mean[pre] - mean[post])`` over the resets (one
+    choice per configuration); with "before", a reset whose first post-reset evaluation would lie
+    past the last one is ignored. The evaluations between two resets form a segment; a segment is
+    kept from its first evaluation whose mean reaches the raw mean of the evaluation just before
+    its reset (whether that one was kept or not), and dropped whole if none does. The first
+    segment is always kept; a reset with no evaluation before it drops nothing.
+
+    Args:
+        steps: evaluation env steps [T], increasing.
+        mean_return: seed-mean return [T].
+        reset_every: env steps between resets (``reset_interval / utd``); None or inf: no resets.
+
+    Returns:
+        Boolean mask [T], True = keep.
+    """
+    steps = np.asarray(steps)
+    mean_return = np.asarray(mean_return, dtype=np.float64)
+    if steps.shape != mean_return.shape or steps.ndim != 1:
+        raise ValueError(
+            f"remove_reset_dips_authors: steps {steps.shape} and mean_return "
+            f"{mean_return.shape} must be 1-D of the same length"
+        )
+    n = len(steps)
+    keep = np.ones(n, dtype=bool)
+    if reset_every is None or not np.isfinite(reset_every) or n == 0:
+        return keep
+    if reset_every <= 0:
+        raise ValueError(
+            f"remove_reset_dips_authors: reset_every must be positive, got {reset_every}"
+        )
+    period = int(reset_every)
+    if period < 1:
+        return keep
+    resets = np.arange(period, int(steps[-1]) + 1, period)
+    if resets.size == 0:
+        return keep
+    after = np.searchsorted(steps, resets, side="left")  # an evaluation on the step: after
+    before = np.searchsorted(steps, resets, side="right")  # an evaluation on the step: before
+    before = before[before < n]
+
+    def drop(post: np.ndarray) -> float:
+        post = post[post > 0]
+        return float(np.sum(mean_return[post - 1] - mean_return[post])) if post.size else 0.0
+
+    post = after if drop(after) > drop(before) else before
+    post = np.unique(post[(post > 0) & (post < n)])
+    starts = np.concatenate([[0], post])
+    ends = np.concatenate([post, [n]])
+    levels = np.concatenate([[-np.inf], mean_return[post - 1]])
+    keep[:] = False
+    for start, end, level in zip(starts, ends, levels, strict=True):
+        reached = np.flatnonzero(mean_return[start:end] >= level)
+        if reached.size:
+            keep[start + reached[0] : end] = True
+    return keep
+
+
+def reset_mask(
+    steps: np.ndarray, mean_return: np.ndarray, reset_every: float | None, rule: str = "ours"
+) -> np.ndarray:
+    """The keep-mask of the post-reset dip rule ``rule`` (one of :data:`RESET_RULES`)."""
+    if rule == "ours":
+        return remove_reset_dips(steps, mean_return, reset_every)
+    if rule == "authors":
+        return remove_reset_dips_authors(steps, mean_return, reset_every)
+    raise ValueError(f"unknown reset-dip rule {rule!r}; expected one of {RESET_RULES}")
+
+
+def seeds_at(curve: Curve, at_steps: np.ndarray) -> np.ndarray:
+    """Seeds of ``curve`` with an evaluation at each of ``at_steps`` (NaN entries: at the last
+    evaluation): the D_J points' ``seeds_remaining``."""
+    at_steps = np.asarray(at_steps, dtype=np.float64)
+    present = (~np.isnan(curve.returns)).sum(axis=1)
+    if len(curve.steps) == 0:
+        return np.zeros(at_steps.shape, dtype=np.int64)
+    idx = np.searchsorted(curve.steps, np.where(np.isnan(at_steps), curve.steps[-1], at_steps))
+    idx = np.clip(idx, 0, len(curve.steps) - 1)
+    return present[idx].astype(np.int64)
+
+
 def _py(value: object) -> object:
     """A plain Python scalar (None for missing values) for configuration keys."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -217,6 +320,7 @@ def preprocess(
     max_step: Mapping[str, float] | None = None,
     reset_interval: float | None | Mapping[str, float | None] = DEFAULT_RESET_INTERVAL,
     metric: str = "return",
+    reset_rule: str = "ours",
 ) -> list[Curve]:
     """Preprocess every configuration of a long curve table (truncate, remove dips).
 
@@ -227,10 +331,13 @@ def preprocess(
             (default :data:`DEFAULT_RESET_INTERVAL`; agents not listed never reset), one number for
             all agents, or None for no resets.
         metric: the metric to preprocess (the return).
+        reset_rule: the post-reset dip rule, ``ours`` or ``authors`` (module docstring).
 
     Returns:
         One :class:`Curve` per configuration with at least one evaluation left, in key order.
     """
+    if reset_rule not in RESET_RULES:
+        raise ValueError(f"unknown reset-dip rule {reset_rule!r}; expected one of {RESET_RULES}")
     curves: list[Curve] = []
     for key, steps, returns in config_curves(df, metric=metric):
         env, agent = str(key["env"]), str(key["agent"])
@@ -241,7 +348,7 @@ def preprocess(
             continue
         interval = _lookup(reset_interval, agent, None)
         reset_every = None if interval is None else interval / float(key["utd"])
-        keep = remove_reset_dips(steps, seed_mean(returns), reset_every)
+        keep = reset_mask(steps, seed_mean(returns), reset_every, reset_rule)
         curves.append(Curve(key=key, steps=steps[keep], returns=returns[keep]))
     return curves
 

@@ -13,11 +13,20 @@ Twenty thresholds are spaced linearly from J_min to J_max (both included) per en
 
 The "final isotonic return" of a configuration is the last value of the isotonic regression of its
 seed-mean return, i.e. its best smoothed level within the run.
+
+Thresholds of a study (:func:`study_thresholds`, table ``thresholds.csv``: env, agent,
+threshold_idx, threshold) are set per env over the curves of every agent, except that an agent with
+its own settings (config ``analysis.thresholds.per_agent``) gets thresholds from its own curves:
+e.g. the authors' SimbaV2 fits use the unrounded J_max of their BRO data rule (h1-crawl 788.887,
+h1-stand 657.000: ``j_max: {env: value}``) rather than the rounded Table 2 values, or a study can
+give an agent the data rule on its own curves, unrounded (``j_max_rule: data``, ``round_to:
+null``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +55,10 @@ def final_returns(curves: Sequence[Curve]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _floor(x: float, quantum: float) -> float:
+def _floor(x: float, quantum: float | None) -> float:
+    """``x`` floored to a multiple of ``quantum`` (``x`` itself when quantum is None)."""
+    if quantum is None:
+        return float(x)
     return float(np.floor(x / quantum) * quantum)
 
 
@@ -63,7 +75,7 @@ def compute_thresholds(
     by: Sequence[str] = ("env",),
     percentile: float = J_MAX_PERCENTILE,
     factor: float = J_MAX_FACTOR,
-    round_to: float = ROUND_TO,
+    round_to: float | None = ROUND_TO,
     fallback_percentile: float = J_MIN_FALLBACK_PERCENTILE,
 ) -> pd.DataFrame:
     """Thresholds per env (or per ``by`` group) from preprocessed curves.
@@ -75,7 +87,8 @@ def compute_thresholds(
         j_max: env -> J_max overrides (default: the data rule).
         by: grouping columns, ``env`` first; e.g. ``("env", "agent")`` for separate thresholds
             per agent.
-        percentile, factor, round_to: the J_max rule's constants (20, 0.95, 10).
+        percentile, factor, round_to: the J_max rule's constants (20, 0.95, 10); ``round_to``
+            None leaves the data rules' values unrounded.
         fallback_percentile: percentile of all final returns used as J_min for envs outside the
             paper's table (10).
 
@@ -134,3 +147,83 @@ def compute_thresholds(
             frame.insert(0, column, value)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+#: Keys of ``analysis.thresholds`` an agent's own settings may override (``per_agent``).
+AGENT_OVERRIDES: tuple[str, ...] = (
+    "j_max",
+    "j_max_rule",
+    "j_max_percentile",
+    "j_max_factor",
+    "round_to",
+)
+
+
+def study_thresholds(
+    curves: Sequence[Curve],
+    spec: Mapping[str, Any],
+    j_min: Mapping[str, float] | None = None,
+    j_max: Mapping[str, float] | None = None,
+) -> tuple[pd.DataFrame, list[tuple[str, str]], list[str]]:
+    """Thresholds of every (env, agent) of a study, and the pairs that cannot have them.
+
+    Args:
+        curves: preprocessed configurations of every agent.
+        spec: ``analysis.thresholds`` (n, j_max_percentile, j_max_factor, round_to and
+            ``per_agent``: agent -> overrides of :data:`AGENT_OVERRIDES`; ``j_max_rule: data``
+            ignores the per-env ``j_max`` values for that agent, ``j_max`` ({env: value}) sets
+            that agent's J_max of the envs it lists, above both).
+        j_min, j_max: per-env overrides (the paper's table, or the user's values).
+
+    Returns:
+        ``(table, dropped, messages)``: the table (env, agent, threshold_idx, threshold), the
+        (env, agent) pairs whose thresholds cannot be set (J_min >= J_max), and why.
+    """
+    per_agent = dict(spec.get("per_agent") or {})
+    for agent, override in per_agent.items():
+        unknown = set(override or {}) - set(AGENT_OVERRIDES)
+        if unknown:
+            raise ValueError(
+                f"analysis.thresholds.per_agent.{agent}: unknown key(s) {sorted(unknown)}; "
+                f"expected {list(AGENT_OVERRIDES)}"
+            )
+    groups: dict[tuple[str, str | None], list[Curve]] = {}
+    agents: dict[str, set[str]] = {}
+    for curve in curves:
+        env, agent = str(curve.key["env"]), str(curve.key["agent"])
+        own = agent if agent in per_agent else None
+        groups.setdefault((env, own), []).append(curve)
+        if own is None:
+            agents.setdefault(env, set()).add(agent)
+    frames, dropped, messages = [], [], []
+    for (env, own), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        settings = {**spec, **(per_agent.get(own) or {})} if own else dict(spec)
+        rule = settings.get("j_max_rule", "config")
+        if rule not in ("config", "data"):
+            raise ValueError(
+                f"analysis.thresholds j_max_rule must be 'config' or 'data', got {rule!r}"
+            )
+        round_to = settings.get("round_to", ROUND_TO)
+        env_j_max = {} if rule == "data" else dict(j_max or {})
+        env_j_max.update((settings.get("j_max") or {}) if own else {})
+        names = [own] if own else sorted(agents[env])
+        try:
+            table = compute_thresholds(
+                group,
+                n_thresholds=int(settings.get("n", N_THRESHOLDS)),
+                j_min=j_min,
+                j_max=env_j_max,
+                percentile=float(settings.get("j_max_percentile", J_MAX_PERCENTILE)),
+                factor=float(settings.get("j_max_factor", J_MAX_FACTOR)),
+                round_to=None if round_to is None else float(round_to),
+            )
+        except ValueError as err:
+            dropped.extend((env, name) for name in names)
+            messages.append(f"env {env}, agent(s) {', '.join(names)}: {err}")
+            continue
+        for name in names:
+            frames.append(table.assign(agent=name))
+    columns = ["env", "agent", "threshold_idx", "threshold"]
+    if not frames:
+        return pd.DataFrame(columns=columns), dropped, messages
+    return pd.concat(frames, ignore_index=True)[columns], dropped, messages

@@ -27,7 +27,10 @@ name                    what it shows                                        inp
 ``settings["figures"]`` keys (all optional): ``dpi`` (PNG resolution, 150), ``threshold_idx``
 (the threshold of the law figures; None = each fit's highest threshold with status ok),
 ``variants`` (fit variants of ``fig_scaling``/``fig_budget``; default ``["per_env",
-"averaged"]``). ``fig_scaling`` and ``fig_data_efficiency`` also take an optional
+"averaged"]``), ``reset_dips`` (the post-reset dip rule of ``fig_preprocessing`` and
+``fig_learning_curves``: ``analysis.preprocess.reset_dips``) and ``fit_exclude`` (grid points the
+law figures leave out, as the fits did: ``analysis.fits.exclude``). ``fig_scaling`` and
+``fig_data_efficiency`` also take an optional
 ``best_batch_size`` input: with it, measured D_J are those at the batch size closest to B*
 (the points the fits used); without it, the smallest D_J over batch sizes at each (σ, N).
 

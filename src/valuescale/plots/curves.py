@@ -18,7 +18,7 @@ from valuescale.analysis.preprocess import (
     DEFAULT_RESET_INTERVAL,
     config_curves,
     isotonic,
-    remove_reset_dips,
+    reset_mask,
     seed_mean,
 )
 from valuescale.plots._common import (
@@ -132,11 +132,16 @@ class _Prepared:
         return int((~self.keep).sum())
 
 
-def _prepare_all(curves: pd.DataFrame) -> list[_Prepared]:
+def _reset_rule(settings: Mapping[str, object]) -> str:
+    """The study's post-reset dip rule (``reset_dips``: ``analysis.preprocess.reset_dips``)."""
+    return str(settings.get("reset_dips") or "ours")
+
+
+def _prepare_all(curves: pd.DataFrame, rule: str = "ours") -> list[_Prepared]:
     out = []
     for key, steps, returns in config_curves(curves, metric="return", keys=CONFIG_KEYS):
         reset_every = _reset_every(str(key["agent"]), float(key["utd"]))
-        keep = remove_reset_dips(steps, seed_mean(returns), reset_every)
+        keep = reset_mask(steps, seed_mean(returns), reset_every, rule)
         out.append(_Prepared(key, steps, returns, keep))
     return out
 
@@ -244,7 +249,7 @@ def fig_preprocessing(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     crossing of each threshold (orange dots).
     """
     curves = load_returns(tables)
-    prepared = _prepare_all(curves)
+    prepared = _prepare_all(curves, _reset_rule(settings))
     if not prepared:
         raise NoData("no return curves")
     thresholds = load_thresholds(tables)
@@ -349,7 +354,7 @@ def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figur
     J_max first. Grey dashed lines: J_min and J_max of the env. Panels of a row share the x axis.
     """
     curves = main_source(load_returns(tables))
-    prepared = _prepare_all(curves)
+    prepared = _prepare_all(curves, _reset_rule(settings))
     if not prepared:
         raise NoData("no return curves")
     thresholds = load_thresholds(tables)

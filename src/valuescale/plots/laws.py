@@ -13,7 +13,9 @@ from matplotlib.lines import Line2D
 
 from valuescale.analysis.data_efficiency import (
     DE_PARAMS,
-    average_over_envs,
+    averaged_fit_points,
+    batch_choice_of,
+    exclude_points,
     predict_D,
     select_fit_points,
     suite_of,
@@ -152,19 +154,21 @@ def fit_points(points: pd.DataFrame, fit: pd.Series) -> pd.DataFrame:
         envs = envs_field.split(",")
     else:
         envs = sorted(e for e in sel["env"].unique() if suite_of(str(e)) == str(fit["scope"]))
-    sel = sel[sel["env"].isin(envs)]
-    if sel["env"].nunique() < 2:
-        return sel.iloc[0:0]
-    averaged, _ = average_over_envs(sel.reset_index(drop=True), None, scope=str(fit["scope"]))
+    averaged = averaged_fit_points({**fit.to_dict(), "envs": ",".join(envs)}, sel)
     return averaged.reset_index(drop=True)
 
 
-def _load_points(tables: Inputs) -> pd.DataFrame:
+def _load_points(tables: Inputs, settings: Mapping[str, object]) -> pd.DataFrame:
+    """The fits' points: the grid exclusions (``fit_exclude``: ``analysis.fits.exclude``) and the
+    batch-size rules recorded in the fits table applied as the fits applied them."""
     crossings = tables.get("crossings", CROSSINGS)
     if crossings is None:
         raise NoData(f"no crossings table ({tables.path('crossings')})")
+    crossings = exclude_points(crossings, settings.get("fit_exclude"))  # type: ignore[arg-type]
     best = tables.get("best_batch_size", BEST_BATCH_SIZE)
-    return select_fit_points(crossings, best)
+    fits = tables.get("fits_data_efficiency", FITS)
+    rules = {} if fits is None else batch_choice_of(fits)
+    return select_fit_points(crossings, best, batch_choice=rules)
 
 
 def _law(fit: pd.Series) -> dict[str, float]:
@@ -400,7 +404,7 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     chosen = select_fits(fits, _variants_setting(settings), _threshold_setting(settings))
     if chosen.empty:
         raise NoData("no data-efficiency fit with status ok")
-    points = _load_points(tables)
+    points = _load_points(tables, settings)
     compute_optimal = tables.get("compute_optimal", COMPUTE_OPTIMAL)
     panels: list[_ScalingPanel] = []
     for _, fit in chosen.iterrows():
@@ -509,7 +513,7 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
     chosen = select_fits(fits, ("per_env",), _threshold_setting(settings))
     if chosen.empty:
         raise NoData("no per-env data-efficiency fit with status ok")
-    points = _load_points(tables)
+    points = _load_points(tables, settings)
     pairs = []
     for _, fit in chosen.iterrows():
         pts = fit_points(points, fit)

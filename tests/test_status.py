@@ -170,3 +170,32 @@ def test_status_of_the_default_study_after_and_while_a_cell_trains(
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "failed: " + RETRAINED.removeprefix("results/runs/") in plot.stdout
+
+
+def test_watch_refreshes_until_interrupted_and_a_bad_config_is_named(tmp_path) -> None:
+    """A study with no run folder yet: every cell pending, refreshed by --watch until Ctrl-C
+    (exit 0); a bad config key stops the command with exit 2 naming the key."""
+    study_file = tmp_path / "study.yaml"
+    grid = [{"envs": ["cartpole-balance"], "agents": ["bro"], "utd": [1, 2], "widths": [32],
+             "batch_sizes": [64], "lrs": [3.0e-4]}]  # fmt: skip
+    study_file.write_text(json.dumps({"results_dir": "out", "seeds": 2, "grid": grid}))
+    cmd = [str(VALUESCALE), "status", "--configfile", str(study_file), "--json"]
+    proc = subprocess.Popen([*cmd, "--watch", "0.2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert first["counts"]["pending"] == second["counts"]["pending"] == 2
+    assert second["time"] > first["time"] and first["results_dir"] == "out"
+    assert [c["run"] for c in first["cells"]] == [
+        "cartpole-balance/bro/utd1_w32_b64_lr3e-4/seeds0-1",
+        "cartpole-balance/bro/utd2_w32_b64_lr3e-4/seeds0-1",
+    ]
+    study_file.write_text(json.dumps({"grid": grid, "train": {"stepz": 10}}))
+    bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "invalid config key 'train'" in bad.stderr and "stepz" in bad.stderr

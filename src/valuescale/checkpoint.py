@@ -29,11 +29,12 @@ import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from valuescale.atomic import atomic_open
+
+if TYPE_CHECKING:  # numpy is imported where used: `valuescale status` reads lock files only
+    import numpy as np
 
 FORMAT_VERSION = 2
 CHECKPOINT_NAME = "checkpoint.pkl"
@@ -167,6 +168,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def tree_to_numpy(tree: Any) -> list[np.ndarray]:
     """The leaves of a JAX pytree as host numpy arrays (typed PRNG keys as raw key data)."""
     import jax
+    import numpy as np
 
     leaves = []
     for leaf in jax.tree.leaves(tree):
@@ -187,6 +189,7 @@ def tree_from_numpy(template: Any, leaves: list[np.ndarray], what: str = "tree")
     """
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     template_leaves, treedef = jax.tree.flatten(template)
     if len(template_leaves) != len(leaves):

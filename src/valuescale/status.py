@@ -171,11 +171,13 @@ def cell_status(
     *,
     exists: bool | None = None,
     has_log: bool | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """The status of one train job (see the module docstring) as a JSON-ready dict.
-    ``exists``/``has_log``: whether its run folder / log exist, when the caller knows."""
+    ``exists``/``has_log``/``name``: whether its run folder / log exist and its run name, when
+    the caller knows."""
     now = time.time() if now is None else now
-    name = run_name(job)
+    name = run_name(job) if name is None else name
     folder = os.path.join(results, "runs", name)
     log = os.path.join(results, "logs", "train", f"{name}.log")
     seeds = [str(s) for s in range(job.first, job.last + 1)]
@@ -300,6 +302,7 @@ def study_status(cfg: dict, results: str | os.PathLike | None = None) -> dict[st
                 now,
                 exists=name in folders,
                 has_log=f"{name}.log" in logs,
+                name=name,
             )
         )
     counts = {state: 0 for state in STATES}

@@ -247,6 +247,18 @@ def test_operational_settings_and_spelling_do_not_retrain(study):
     assert planned_jobs(study, config) == []
 
 
+def test_settings_added_later_are_passed_only_away_from_their_default(study):
+    """The BRO settings the train block gained with the agent configs (common.smk's
+    LATER_TRAIN_SETTINGS) at their defaults leave a built study's params as they were (nothing
+    retrains); set to another value, they are passed and retrain."""
+    config = changed()
+    config["train"].update(kappa=1.0, pessimism=0.0, critic_lr=None)
+    assert planned_jobs(study, config) == []
+    config["train"]["kappa"] = 0.5
+    assert len(train_dirs(planned_jobs(study, config))) == N_TRAIN
+    assert all("--kappa 0.5 " in c for c in train_commands(study, config))
+
+
 def train_commands(workdir: Path, config: dict) -> list[str]:
     """The engine flags of every train job a dry run schedules (`-p` prints the commands)."""
     proc = snakemake(workdir, config, "-n", "-p")

@@ -291,6 +291,18 @@ def get_train_runs():
 # changing them never reruns training.
 OPERATIONAL_TRAIN_SETTINGS = {"checkpoint_every"}
 
+# Settings the train block gained after studies were trained without them (BRO's, when its config
+# class became their home): passed only when they differ from the agent's default, so that a
+# study trained before keeps its jobs' params and Snakemake reruns nothing.
+LATER_TRAIN_SETTINGS = {
+    "kappa",
+    "critic_lr",
+    "actor_lr",
+    "temperature_lr",
+    "temperature_b1",
+    "pessimism",
+}
+
 
 def get_train_args(wildcards):
     """Engine flags of the job's seeds and of every training setting of the job's agent that is
@@ -301,9 +313,11 @@ def get_train_args(wildcards):
 
     seeds = ",".join(str(s) for s in range(int(wildcards.first), int(wildcards.last) + 1))
     args = [f"--seeds {seeds}"]
-    own = {f.name for f in setting_fields(wildcards.agent)}
+    defaults = {f.name: f.default for f in setting_fields(wildcards.agent)}
     for key, value in sorted(train_settings(wildcards.env).items()):
-        if key in OPERATIONAL_TRAIN_SETTINGS or key not in own or value is None:
+        if key in OPERATIONAL_TRAIN_SETTINGS or key not in defaults or value is None:
+            continue
+        if key in LATER_TRAIN_SETTINGS and value == defaults[key]:
             continue
         name = key.replace("_", "-")
         if isinstance(value, bool):

@@ -78,6 +78,7 @@ from valuescale.analysis.data_efficiency import (
     select_fit_points,
     suite_of,
 )
+from valuescale.analysis.fitting import DegeneracyRules
 from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, preprocess
 from valuescale.analysis.thresholds import compute_thresholds
 from valuescale.atomic import atomic_write_text
@@ -568,12 +569,15 @@ def _batch_fits_for_source(
     n_boot: int,
     n_starts: int,
     seed: int,
+    rules: DegeneracyRules | None = None,
 ) -> list[pd.DataFrame]:
     """Batch-size law rows of one source: on measured B*, and on the run batch sizes."""
     frames = []
     measured = best[best["source"] == source] if "source" in best else best
     if len(measured):
-        table = fit_batch_size_table(measured, n_boot=n_boot, n_starts=n_starts, seed=seed)
+        table = fit_batch_size_table(
+            measured, n_boot=n_boot, n_starts=n_starts, seed=seed, rules=rules
+        )
         if len(table):
             frames.append(_add_geomean(table, measured, "B_star").assign(basis="B_star"))
     design = batch_sizes_in_use(cr, sources=[source])
@@ -604,7 +608,7 @@ def _batch_fits_for_source(
                 )
                 continue
             table = fit_batch_size_table(
-                runs, min_batch_sizes=1, n_boot=0, n_starts=n_starts, seed=seed
+                runs, min_batch_sizes=1, n_boot=0, n_starts=n_starts, seed=seed, rules=rules
             )
             if len(table):
                 frames.append(_add_geomean(table, runs, "B_star").assign(basis="run_batch_size"))
@@ -621,7 +625,9 @@ def fits(
 ) -> None:
     """Rule ``fits``: batch-size law (Eq. 6.1) + log-linear baseline, D_J(σ, N) (Eq. 7.1).
 
-    Settings ``fits``: ``n_starts``, ``seed``, ``n_bootstrap``, ``variants``, ``holdout_sources``.
+    Settings ``fits``: ``n_starts``, ``seed``, ``n_bootstrap``, ``variants``, ``holdout_sources``,
+    ``degenerate`` (:class:`valuescale.analysis.fitting.DegeneracyRules`). Every degenerate fit is
+    logged as a warning with its reason.
     """
     spec = _settings(settings, "fits")
     n_starts = int(spec.get("n_starts", 8))
@@ -629,6 +635,7 @@ def fits(
     n_boot = int(spec.get("n_bootstrap", 100))
     variants = tuple(spec.get("variants") or DEFAULT_VARIANTS)
     holdout = list(spec.get("holdout_sources") or [])
+    rules = DegeneracyRules.from_settings(spec.get("degenerate"))
     cr = _read_crossings(crossings)
     best = _read_best_batch(best_batch_size)
 
@@ -640,9 +647,11 @@ def fits(
         points = _cap_bootstrap(points, n_boot)
         with _quiet_numerics():
             table = fit_data_efficiency_table(
-                points, variants=variants, n_boot=n_boot, n_starts=n_starts, seed=seed
+                points, variants=variants, n_boot=n_boot, n_starts=n_starts, seed=seed, rules=rules
             )
-            bs_frames.extend(_batch_fits_for_source(source, cr, best, n_boot, n_starts, seed))
+            bs_frames.extend(
+                _batch_fits_for_source(source, cr, best, n_boot, n_starts, seed, rules)
+            )
         if len(table):
             de_frames.append(table.assign(source=source))
             log.info(
@@ -652,6 +661,8 @@ def fits(
             )
     de = pd.concat(de_frames, ignore_index=True) if de_frames else _empty(FITS_DE_COLUMNS)
     bs = pd.concat(bs_frames, ignore_index=True) if bs_frames else _empty(FITS_BATCH_COLUMNS)
+    _warn_degenerate(de, "data-efficiency", ["source", "variant", "scope", "threshold_idx"])
+    _warn_degenerate(bs, "batch-size", ["source", "basis", "scope"])
     if len(bs):
         log.info("batch-size fits %s", bs.groupby(["basis", "status"]).size().to_dict())
     _write_outputs(
@@ -660,6 +671,15 @@ def fits(
             out_data_efficiency: _ordered(de, FITS_DE_COLUMNS),
         }
     )
+
+
+def _warn_degenerate(table: pd.DataFrame, what: str, keys: Sequence[str]) -> None:
+    """One warning per degenerate fit (what it is and why): later stages skip these fits."""
+    if not len(table) or "status" not in table:
+        return
+    for _, row in table[table["status"] == "degenerate"].iterrows():
+        where = ", ".join(f"{k} {row[k]}" for k in keys if k in row)
+        log.warning("%s fit degenerate (%s): %s", what, where, row.get("reason", ""))
 
 
 def _read_fits_de(path: PathLike) -> pd.DataFrame:

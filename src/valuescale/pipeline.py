@@ -53,16 +53,17 @@ from valuescale.analysis import evaluation
 from valuescale.analysis import ingest as ingest_mod
 from valuescale.analysis import proposal as proposal_mod
 from valuescale.analysis.allocation import (
-    Allocation,
     ComputeModel,
+    annotate_budget_points,
     budget_fit_table,
-    budget_optimal,
     budget_optimal_numeric,
+    budget_optimal_table,
     compute_optimal,
     compute_optimal_line,
     compute_optimal_table,
     delta_for,
     law_is_usable,
+    skipped_rows,
 )
 from valuescale.analysis.batch_size_fit import (
     BATCH_PARAMS,
@@ -197,6 +198,10 @@ BUDGET_OPTIMAL_COLUMNS: list[str] = [
     "compute",
     "status",
     "reason",
+    "D_line",
+    "compute_line",
+    "utd_derived",
+    "critic_params_derived",
 ]
 BUDGET_FITS_COLUMNS: list[str] = [
     "scope",
@@ -204,11 +209,15 @@ BUDGET_FITS_COLUMNS: list[str] = [
     "source",
     "variant",
     "quantity",
+    "method",
     "slope",
     "intercept",
     "r2",
     "r2_fit",
     "r2_heldout",
+    "slope_direct",
+    "intercept_direct",
+    "r2_direct",
     "n_fit",
     "n_heldout",
     "budget_min",
@@ -848,21 +857,29 @@ def allocation(
         model.flops_per_param_sample,
         len(cr),
     )
-    usable = fits_de[fits_de["variant"].isin(variants) & (fits_de["status"] == "ok")]
+    selected = fits_de[fits_de["variant"].isin(variants)]
+    selected = selected[selected["status"].isin(["ok", "degenerate"])]
     co_frames, bo_frames, bf_frames = [], [], []
-    for source, group in usable.groupby("source", sort=True):
+    for source, group in selected.groupby("source", sort=True):
+        usable = group[group["status"] == "ok"]
+        skipped = skipped_rows(group, variants)
+        _warn_skipped(skipped, source)
         with _quiet_numerics():
             if model.batch_convention == "accounting":
                 co = compute_optimal_table(group, variants=variants, k=model.k)
-                bo = _budget_optimal(group, model.k, deltas)
+                bo = budget_optimal_table(group, variants=variants, k=model.k, delta=deltas)
             else:
-                co, bo = _real_tables(group, fits_bs, model, deltas)
+                co, bo = _real_tables(usable, fits_bs, model, deltas)
+                co = _concat([co, skipped], COMPUTE_OPTIMAL_COLUMNS)
+                bo = _concat([bo, skipped], BUDGET_OPTIMAL_COLUMNS)
+            if len(bo):
+                bf = budget_fit_table(bo, n_heldout=n_heldout, fits=usable)
+                bo = annotate_budget_points(bo, usable, n_heldout=n_heldout)
         co = co.assign(source=source) if len(co) else co
         bo = bo.assign(source=source) if len(bo) else bo
         co_frames.append(co)
         bo_frames.append(bo)
         if len(bo):
-            bf = budget_fit_table(bo, n_heldout=n_heldout)
             bf_frames.append(_budget_ranges(bf.assign(source=source), bo))
     co = _concat(co_frames, COMPUTE_OPTIMAL_COLUMNS)
     bo = _concat(bo_frames, BUDGET_OPTIMAL_COLUMNS)
@@ -884,20 +901,22 @@ def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else _empty(columns)
 
 
-def _budget_optimal(fits_de: pd.DataFrame, k: float, deltas: Mapping[str, float]) -> pd.DataFrame:
-    """Budget-optimal point of every usable fit row (accounting convention, closed form)."""
-    rows = []
-    ids = [
-        c
-        for c in ("scope", "agent", "source", "variant", "group", "threshold_idx", "threshold")
-        if c in fits_de
-    ]
-    for _, row in fits_de.iterrows():
-        params = {name: float(row[name]) for name in DE_PARAMS}
-        delta = delta_for(str(row["scope"]), deltas)
-        alloc: Allocation = budget_optimal(params, delta, k)
-        rows.append({**{c: row[c] for c in ids}, "delta": delta, **alloc.__dict__})
-    return pd.DataFrame(rows)
+def _warn_skipped(skipped: pd.DataFrame, source: str) -> None:
+    """One warning per fit scope whose degenerate fits are left out of the allocation."""
+    if not len(skipped):
+        return
+    keys = [c for c in ("agent", "variant", "scope") if c in skipped]
+    for key, rows in skipped.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        thresholds = ", ".join(f"#{int(i)}" for i in sorted(rows["threshold_idx"]))
+        log.warning(
+            "allocation (%s, %s): %d degenerate fit(s) skipped, threshold(s) %s: %s",
+            source,
+            " ".join(str(k) for k in key),
+            len(rows),
+            thresholds,
+            "; ".join(sorted(set(rows["reason"].astype(str))))[:400],
+        )
 
 
 def _budget_ranges(budget_fits: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:

@@ -100,6 +100,7 @@ def study_settings(
             "compute": analysis["compute"],
             "fits": analysis["fits"],
             "bootstrap": analysis["bootstrap"],
+            "evaluation": analysis["evaluation"],
         },
         "proposal": {
             "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},

@@ -949,12 +949,15 @@ def fit_errors(
     best = _read_best_batch(best_batch_size)
     fits_bs = _read_fits_batch(fits_batch_size)
     spec = _settings(settings, "fits")
+    eval_sets = _settings(settings, "evaluation").get("eval_sets")
+    eval_sets = evaluation.EVAL_SETS if eval_sets is None else eval_sets
     with _quiet_numerics():
         table = evaluation.fit_error_table(
             cr.drop(columns="D_boot", errors="ignore"),
             fits_de,
             best,
             fits_bs,
+            eval_sets=eval_sets,
             variants=tuple(spec.get("variants") or DEFAULT_VARIANTS),
             n_starts=int(spec.get("n_starts", 8)),
             seed=int(spec.get("seed", 0)),

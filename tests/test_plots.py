@@ -544,7 +544,7 @@ def test_law_and_budget_figures_say_which_degenerate_fits_they_skip(tmp_path: Pa
         paths = {"crossings": str(tmp_path / "crossings.parquet")}
         paths["fits_data_efficiency"] = str(tmp_path / "fits.csv")
         text = _texts(builder(Inputs(builder.__name__, paths), {}))
-        assert "degenerate fit, not drawn: J #1" in text and "collapsed" in text, text
+        assert "not drawn, degenerate: collapsed exponent #1" in text, text
         assert "flat" in text and "no usable fit" in text  # a scope with no usable fit at all
     budget = annotate_budget_points(budget_optimal_table(fits, delta={"toy": 1e11}), fits)
     budget.to_csv(tmp_path / "budget_optimal.csv", index=False)

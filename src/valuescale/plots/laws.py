@@ -126,17 +126,45 @@ def select_fits(
     return df.sort_values(["_order", *keys[1:]]).drop(columns="_order").reset_index(drop=True)
 
 
-def degenerate_note(
-    fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None, width: int = 46
-) -> str:
-    """A panel note naming the degenerate fits of ``fit``'s law that the panel does not draw.
+#: Short names of the degeneracy rules, found in a fit's reason (for panel titles).
+DEGENERACY_KINDS: tuple[tuple[str, str], ...] = (
+    ("collapsed", "collapsed exponent"),
+    ("absent", "term absent"),
+    ("bootstrap interval", "exponent undetermined"),
+    ("x the median", "loss outlier"),
+    ("bound", "parameter at a bound"),
+    ("absurd", "parameter at a bound"),
+    ("bootstrap refits usable", "unstable under bootstrap"),
+)
 
-    Those of the same (variant, agent, source, scope) at the requested ``threshold_idx``, or,
-    when the panel shows the highest usable threshold, at thresholds above it; ``""`` if none.
-    The first such fit's reason is quoted (wrapped to ``width`` characters, 3 lines at most).
-    """
-    if "status" not in fits:
+
+def degeneracy_kind(reason: object) -> str:
+    """The short name of the rule that made a fit degenerate (from its reason)."""
+    text = str(reason or "")
+    for key, label in DEGENERACY_KINDS:
+        if key in text:
+            return label
+    return "degenerate"
+
+
+def degenerate_title(fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None) -> str:
+    """One title line naming the degenerate fits a panel does not draw, by rule, or ``""``
+    (the same fits as :func:`degenerate_note`)."""
+    same = _degenerate_rows(fits, fit, threshold_idx)
+    if same.empty:
         return ""
+    kinds: dict[str, list[str]] = {}
+    for row in same.itertuples(index=False):
+        kinds.setdefault(degeneracy_kind(getattr(row, "reason", "")), []).append(
+            f"#{int(row.threshold_idx)}"
+        )
+    parts = [f"{kind} {','.join(which)}" for kind, which in kinds.items()]
+    return "not drawn, degenerate: " + "; ".join(parts)
+
+
+def _degenerate_rows(fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None) -> pd.DataFrame:
+    if "status" not in fits:
+        return fits.iloc[0:0]
     same = fits[
         _matches(fits, fit, ("variant", "agent", "source", "scope"))
         & (fits["status"].astype(str) == "degenerate")
@@ -145,9 +173,21 @@ def degenerate_note(
         same = same[same["threshold_idx"] == threshold_idx]
     elif "threshold_idx" in fit.index and pd.notna(fit["threshold_idx"]):
         same = same[same["threshold_idx"] > fit["threshold_idx"]]
+    return same.sort_values("threshold_idx")
+
+
+def degenerate_note(
+    fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None, width: int = 46
+) -> str:
+    """A panel note naming the degenerate fits of ``fit``'s law that the panel does not draw.
+
+    Those of the same (variant, agent, source, scope) at the requested ``threshold_idx``, or,
+    when the panel shows the highest usable threshold, at thresholds above it; ``""`` if none.
+    The last such fit's reason is quoted (wrapped to ``width`` characters, 3 lines at most).
+    """
+    same = _degenerate_rows(fits, fit, threshold_idx)
     if same.empty:
         return ""
-    same = same.sort_values("threshold_idx")
     which = ", ".join(f"#{int(i)}" for i in same["threshold_idx"])
     reason = str(same["reason"].iloc[-1]) if "reason" in same else ""
     lines = textwrap.wrap(f"why (#{int(same['threshold_idx'].iloc[-1])}): {reason}", width)
@@ -345,8 +385,7 @@ def _label_positions(
 
 def _draw_scaling(ax: Axes, panel: _ScalingPanel, scale: ColourScale) -> None:
     fit, points, optima = panel.fit, panel.points, panel.optima
-    if panel.skipped:
-        note(ax, panel.skipped, loc="lower left", fontsize=5.5, color="#8b1a1a")
+
     utd = points["utd"].to_numpy(float)
     n = points["critic_params"].to_numpy(float)
     d = points["D"].to_numpy(float)
@@ -429,7 +468,8 @@ def _draw_scaling(ax: Axes, panel: _ScalingPanel, scale: ColourScale) -> None:
             f"\n({hidden} compute-optimal point{'s' if hidden > 1 else ''} off-axis)"
             if hidden
             else ""
-        ),
+        )
+        + (f"\n{panel.skipped}" if panel.skipped else ""),
         fontsize=8,
     )
 
@@ -480,7 +520,7 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         if np.isfinite(pts["D"].to_numpy(float)).sum() == 0:
             continue
         optima = _optima(compute_optimal, fit)
-        skipped = degenerate_note(fits, fit, threshold_idx)
+        skipped = "\n".join(textwrap.wrap(degenerate_title(fits, fit, threshold_idx), 42))
         panels.append(
             _ScalingPanel(
                 fit, pts, optima, _levels(pts, optima), _source(fit, chosen), skipped=skipped
@@ -631,9 +671,11 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
         j = fit.get("threshold")
         j_text = f", J={j:.0f}" if j is not None and np.isfinite(j) else ""
         left.set_title(f"{title}\nD_J vs σ{j_text}", fontsize=8)
-        skipped = degenerate_note(fits, fit, threshold_idx)
+        skipped = degenerate_title(fits, fit, threshold_idx)
         if skipped:
-            note(left, skipped, loc="lower left", fontsize=5.5, color="#8b1a1a")
+            left.set_title(
+                left.get_title() + "\n" + "\n".join(textwrap.wrap(skipped, 44)), fontsize=8
+            )
         right.set_title(f"{title}\nD_J vs N: {_fit_text(fit).replace(chr(10), ', ')}", fontsize=8)
     n_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
     u_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)

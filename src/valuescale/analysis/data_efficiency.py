@@ -792,7 +792,7 @@ def flag_degenerate(table: pd.DataFrame, rules: DegeneracyRules | None = None) -
       dependence and the law cannot place σ* (N*);
     * **its loss is far above the other thresholds'**: more than ``rules.loss_factor`` times the
       median loss of the same (agent, source, variant, scope) over its thresholds (with at
-      least 3 thresholds).
+      least 3 thresholds; the median counted as at least ``rules.loss_floor``).
 
     ``loglinear`` rows are left alone. The reason says which rule and the numbers.
     """
@@ -813,15 +813,16 @@ def flag_degenerate(table: pd.DataFrame, rules: DegeneracyRules | None = None) -
         grouped = out[finite].groupby(family, dropna=False)["loss"]
         median = grouped.transform("median").astype(float)
         count = grouped.transform("size")
-        high = (loss[finite] > rules.loss_factor * median) & (count >= 3)
+        reference = np.maximum(median, rules.loss_floor)
+        high = (loss[finite] > rules.loss_factor * reference) & (count >= 3)
         for idx in high[high].index:
             if out.loc[idx, "status"] != STATUS_OK:
                 continue
             out.loc[idx, ["status", "reason"]] = [
                 STATUS_DEGENERATE,
-                f"loss {loss[idx]:.3g} is {loss[idx] / median[idx]:.0f}x the median "
-                f"{median[idx]:.3g} of this law over its {int(count[idx])} thresholds "
-                f"(limit {rules.loss_factor:g}x)",
+                f"loss {loss[idx]:.3g} is {loss[idx] / reference[idx]:.0f}x the median "
+                f"{reference[idx]:.3g} of this law over its {int(count[idx])} thresholds "
+                f"(limit {rules.loss_factor:g}x; median at least {rules.loss_floor:g})",
             ]
     return out
 

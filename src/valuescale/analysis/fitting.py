@@ -84,7 +84,10 @@ class DegeneracyRules:
             (:func:`valuescale.analysis.data_efficiency.flag_degenerate`).
         loss_factor: a fit whose loss exceeds this multiple of the median loss of the same law
             over the thresholds (same agent, source, variant, scope) fits its data far worse than
-            the others (data-efficiency fits only; at least 3 thresholds).
+            the others (data-efficiency fits only; at least 3 thresholds) ...
+        loss_floor: ... with the median taken as at least this (0.0025: a 5 % rms log error, the
+            scatter that D measured at a finite evaluation interval has anyway), so that a set of
+            near-exact fits does not make an ordinary one an outlier.
         min_effect: a term whose input changes the fitted D by less than this in log units over
             the whole data range (σ from its smallest to its largest value at the largest N, N
             likewise at the largest σ; 0.02 = 2 %) is absent from the data.
@@ -94,6 +97,7 @@ class DegeneracyRules:
     collapse_span: float = 0.2
     d_min_fraction: float = 0.01
     loss_factor: float = 5.0
+    loss_floor: float = 0.0025
     min_effect: float = 0.02
 
     @classmethod

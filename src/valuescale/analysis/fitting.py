@@ -31,7 +31,8 @@ far above the other thresholds', live with the data-efficiency law): a fit is ``
   exponent below :data:`ABSURD_EXPONENT_LOW`, or a parameter that must stay positive (a prefactor:
   its term would vanish) below :data:`LOWER_BOUND_TOL`; a floor parameter (``D_min``) may be 0;
 * the 5-95 % bootstrap interval of an exponent spans more than ``ci_decades`` decades (the data do
-  not determine it). Prefactors are not judged by their interval: in ``(a / x)**alpha`` the
+  not determine it), or fewer than half of the bootstrap refits give a usable law (with at least
+  :data:`MIN_BOOT_OK` resamples). Prefactors are not judged by their interval: in ``(a / x)**alpha`` the
   interval of ``log a`` is the term's own divided by ``alpha``, so it grows without bound as
   ``alpha`` shrinks even when the term itself is well determined.
 """
@@ -632,15 +633,19 @@ def _finish(
             & np.array([not _absurd_reason(problem, t) for t in refit.theta])
         )
         result.n_boot_ok = int(good.sum())
+    # Most resamples of the data give no usable law: the fit is not stable.
+    unstable = n_boot >= MIN_BOOT_OK and result.n_boot_ok < 0.5 * n_boot
     if result.n_boot_ok < MIN_BOOT_OK:
         result.reason = f"only {result.n_boot_ok} of {n_boot} bootstrap refits usable: no CI"
-        if n_boot >= MIN_BOOT_OK:  # most resamples of the data give no usable law
+        if unstable:
             result.status = STATUS_DEGENERATE
         return result
     lo, hi = np.percentile(boot_params[good], CI_PERCENTILES, axis=0)
     result.lo = dict(zip(names, lo.tolist(), strict=True))
     result.hi = dict(zip(names, hi.tolist(), strict=True))
     reason = _ci_reason(problem, result.lo, result.hi, rules.ci_decades)
+    if not reason and unstable:
+        reason = f"only {result.n_boot_ok} of {n_boot} bootstrap refits usable (under half)"
     if reason:
         result.status, result.reason = STATUS_DEGENERATE, reason
     return result

@@ -365,3 +365,25 @@ def test_degeneracy_rules_from_settings_name_bad_keys() -> None:
         DegeneracyRules.from_settings({"ci_decade": 3})
     with pytest.raises(ValueError, match="loss_factor must be > 0"):
         DegeneracyRules.from_settings({"loss_factor": 0})
+
+
+def test_published_simbav2_h1_stand_top_fits_are_degenerate(published_table) -> None:
+    """The known real case: the SimbaV2 h1-stand laws at thresholds 18-19 of the published study
+    (the paper's J range 200-660) collapse onto D_min ~ 0 (alpha_J 0.03-0.07, a_J up to 1e168)."""
+    from valuescale.analysis.best_config import best_batch_size
+    from valuescale.analysis.crossings import crossing_tables
+    from valuescale.analysis.preprocess import preprocess
+    from valuescale.analysis.thresholds import compute_thresholds
+    from valuescale.tasks import TASKS
+
+    env = "h1-stand-v0"
+    df = published_table("simbav2_model_scaling_linear20_with_base")
+    curves = preprocess(df[df["env"] == env], reset_interval={"simbav2": None})
+    spec = TASKS[env]
+    thresholds = compute_thresholds(curves, j_min={env: spec.j_min}, j_max={env: spec.j_max})
+    tables = crossing_tables(curves, thresholds, n_boot=100)
+    points = select_fit_points(tables.crossings, best_batch_size(tables.bootstrap))
+    table = fit_data_efficiency_table(points, variants=("per_env",), n_boot=0, n_starts=8)
+    top = table.set_index("threshold_idx").loc[[18, 19]]
+    assert (top["status"] == "degenerate").all(), top[["alpha_J", "D_min", "reason"]]
+    assert top["reason"].str.contains("collapsed").all(), top["reason"].tolist()

@@ -578,13 +578,8 @@ def test_published_study_fits_every_suite(full_study: dict) -> None:
     assert len(ablation) >= 0.95 * 14 * 20
     simba = per_env[per_env["agent"] == "simbav2"]
     assert set(simba["scope"]) == {"h1-crawl-v0", "h1-stand-v0"}
-    # The SimbaV2 h1-stand laws at thresholds 18-19 collapse (D_min ~ 0, alpha_J 0.03-0.07,
-    # a_J up to 1e168): degenerate with the reason, never ok.
-    stand = de[(de["agent"] == "simbav2") & (de["variant"] == "per_env")]
-    stand = stand[stand["scope"] == "h1-stand-v0"].set_index("threshold_idx")
-    assert (stand.loc[[18, 19], "status"] == "degenerate").all()
-    assert stand.loc[[18, 19], "reason"].str.contains("alpha_J = .* collapsed").all()
-    # no usable law keeps an exponent collapsed onto a missing D_min
+    # no usable law keeps an exponent collapsed onto a missing D_min (the known real case, SimbaV2
+    # h1-stand at the paper's J range: test_data_efficiency.py::test_published_simbav2_*)
     laws = ok[ok["variant"] != "loglinear"]
     span = np.minimum(
         laws["alpha_J"] * np.log(laws["utd_max"] / laws["utd_min"]),

@@ -482,10 +482,10 @@ def test_nice_log_ticks() -> None:
 
 
 def _texts(fig) -> str:
-    """Every text of a figure (titles, notes, legends), joined."""
+    """Every text of a figure (titles, notes, legends), joined, line breaks as spaces."""
     from matplotlib.text import Text
 
-    return "\n".join(t.get_text() for t in fig.findobj(Text))
+    return " ".join(" ".join(t.get_text() for t in fig.findobj(Text)).split())
 
 
 def test_law_and_budget_figures_say_which_degenerate_fits_they_skip(tmp_path: Path) -> None:
@@ -550,4 +550,4 @@ def test_law_and_budget_figures_say_which_degenerate_fits_they_skip(tmp_path: Pa
     budget.to_csv(tmp_path / "budget_optimal.csv", index=False)
     paths = {"budget_optimal": str(tmp_path / "budget_optimal.csv")}
     text = _texts(fig_budget(Inputs("fig_budget", paths), {}))
-    assert "degenerate fit skipped: J #1 (not\nallocated)" in text, text
+    assert "degenerate fit skipped: J #1 (not allocated)" in text, text

@@ -116,6 +116,7 @@ def study_settings(
             "compute": analysis["compute"],
             "fits": analysis["fits"],
             "bootstrap": analysis["bootstrap"],
+            "evaluation": analysis["evaluation"],
         },
         "proposal": {
             "envs": {e: {"delta": v["delta"]} for e, v in envs.items()},
@@ -183,14 +184,22 @@ def headline(tables: Path) -> None:
         print("passive critic: average log-log slope of validation TD loss:")
         for row in ps[ps["env"] == "average"].itertuples(index=False):
             print(f"  {row.metric:<32s} vs {row.against:<14s} {row.slope:+.3f}")
+    fits = pd.read_csv(tables / "fits_data_efficiency.csv")
+    laws = fits[fits["variant"] != "loglinear"]
+    print(
+        f"D_J fits: {int((laws['status'] == 'degenerate').sum())} of {len(laws)} degenerate "
+        "(skipped by allocation, budget lines, proposals, fit errors)"
+    )
     bf = pd.read_csv(tables / "budget_fits.csv")
     if len(bf):
         print("budget lines, median R^2 (log space, all budgets) by variant:")
+        columns = ["r2", "r2_direct"] if "r2_direct" in bf else ["r2"]
         print(
-            bf.pivot_table(index="variant", columns="quantity", values="r2", aggfunc="median")
+            bf.pivot_table(index="variant", columns="quantity", values=columns, aggfunc="median")
             .round(3)
             .to_string()
         )
+        print("(r2: D*, C* lines and sigma*, N* derived from the laws; r2_direct: direct lines)")
 
 
 def main(argv: list[str] | None = None) -> int:

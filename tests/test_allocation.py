@@ -220,3 +220,54 @@ def test_width_from_params_round_trips() -> None:
         for depth in (1, 2, 3):
             n = params_from_width(widths, d_in, depth)
             np.testing.assert_allclose(width_from_params(n, d_in, depth), widths, rtol=1e-12)
+
+
+def test_degenerate_fits_are_skipped_with_their_reason() -> None:
+    fits = fits_frame([LAW, LAW]).assign(reason="", D_obs_min=1.5e5, D_obs_max=2e6)
+    fits.loc[1, ["status", "reason"]] = ["degenerate", "alpha_J = 0.03 collapsed"]
+    for table in (budget_optimal_table(fits), compute_optimal_table(fits, n_targets=3)):
+        skipped = table[table["threshold_idx"] == 1]
+        assert len(skipped) == 1 and skipped["status"].iloc[0] == "skipped"
+        assert skipped["reason"].iloc[0] == "degenerate fit: alpha_J = 0.03 collapsed"
+        assert (table.loc[table["threshold_idx"] == 0, "status"] == "ok").all()
+    # the skipped row is no budget-optimal point of the lines
+    lines = budget_fit_table(budget_optimal_table(fits))
+    assert (lines["n_fit"] + lines["n_heldout"] <= 1).all()
+
+
+def zigzag_laws(n: int = 20) -> list[dict[str, float]]:
+    """Laws whose σ exponent alternates between thresholds: σ* zigzags along F."""
+    laws = []
+    for i, s in enumerate(np.geomspace(1.0, 10.0, n)):
+        alpha = 0.5 if i % 2 else 1.2
+        laws.append(
+            {"D_min": 3e4 * s, "a_J": 2.0 * s, "alpha_J": alpha, "b_J": 7e14 * s, "beta_J": 0.6}
+        )
+    for law in laws:  # σ term of 1e5 x s at σ = 1, whatever the exponent
+        law["a_J"] = (1e5 * law["D_min"] / 3e4) ** (1 / law["alpha_J"])
+    return laws
+
+
+def test_budget_lines_derive_sigma_and_n_from_the_laws() -> None:
+    fits = fits_frame(zigzag_laws())
+    points = budget_optimal_table(fits)
+    lines = budget_fit_table(points, fits=fits).set_index("quantity")
+    assert lines.loc["D", "method"] == "line" and lines.loc["D", "r2"] > 0.99
+    assert (lines.loc[["sigma", "N"], "method"] == "derived").all()
+    assert np.isfinite(lines.loc[["sigma", "N"], ["r2", "r2_direct"]].to_numpy(float)).all()
+    # the laws carry σ*'s zigzag (R² 0.87 here, the misfit of the D* line); a line in log F
+    # cannot (0.41)
+    sigma = lines.loc["sigma"]
+    assert sigma["r2"] > 0.8 and sigma["r2_direct"] < sigma["r2"] - 0.3
+    # without the laws, σ and N fall back to the direct regression
+    direct = budget_fit_table(points).set_index("quantity")
+    assert direct.loc["sigma", "method"] == "direct"
+    assert direct.loc["sigma", "r2"] == pytest.approx(lines.loc["sigma", "r2_direct"])
+    # a proposal at the top budget derives σ, N from the given law at the D* line
+    top = fits.iloc[-1][list(LAW)].astype(float).to_dict()
+    budget = float(points["budget"].max())
+    proposed = propose_from_budget_lines(lines.reset_index(), [budget], law=top).iloc[0]
+    d_line = 10 ** (lines.loc["D", "intercept"] + lines.loc["D", "slope"] * np.log10(budget))
+    utd, n = compute_optimal(top, d_line)
+    assert proposed["utd"] == pytest.approx(float(utd)) and proposed["D"] == pytest.approx(d_line)
+    assert proposed["critic_params"] == pytest.approx(float(n))

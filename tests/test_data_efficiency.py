@@ -17,11 +17,13 @@ from valuescale.analysis.data_efficiency import (
     fit_data_efficiency,
     fit_data_efficiency_table,
     fit_shared_exponents,
+    flag_degenerate,
     mean_relative_error,
     predict_D,
     prediction_errors,
     select_fit_points,
 )
+from valuescale.analysis.fitting import DegeneracyRules
 
 UTD_GRID = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
 PARAMS_GRID = np.geomspace(2.5e5, 4e7, 6)
@@ -411,3 +413,133 @@ def test_min_d_top_takes_the_batch_size_best_at_the_top_threshold() -> None:
     )
     with pytest.raises(ValueError, match="unknown batch choice"):
         select_fit_points(crossings, batch_choice={"simbav2": "nearest"})
+
+
+# --------------------------------------------------------------------------------------------
+# Degenerate fits
+# --------------------------------------------------------------------------------------------
+
+
+def _points_table(kinds: dict[str, np.ndarray], seeds: int) -> pd.DataFrame:
+    """Crossing-like points of several synthetic envs, one 'threshold' per noise seed."""
+    u, n = grid()
+    frames = []
+    for env, truth in kinds.items():
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            D = truth * np.exp(rng.normal(0, NOISE, u.size))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "env": env,
+                        "agent": "bro",
+                        "utd": u,
+                        "critic_params": n,
+                        "threshold_idx": seed,
+                        "threshold": 100.0 * (seed + 1),
+                        "D": D,
+                        "D_std": NOISE * D,
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_term_absent_from_the_data_gives_a_degenerate_fit() -> None:
+    u, n = grid()
+    kinds = {
+        "sigma_only": 5e4 + (2e5 / u) ** 0.8,  # D does not depend on N
+        "params_only": 5e4 + (3e13 / n) ** 0.6,  # D does not depend on σ
+        "sound": predict_D(TRUE, u, n),
+    }
+    table = fit_data_efficiency_table(
+        _points_table(kinds, seeds=3), variants=("per_env",), n_boot=20, n_starts=4
+    )
+    by_env = {env: rows for env, rows in table.groupby("scope")}
+    assert (by_env["sound"]["status"] == "ok").all(), by_env["sound"]["reason"].tolist()
+    # the reason names the missing term (or its parameters, sent to a bound)
+    for env, names in (
+        ("sigma_only", ("N term", "b_J", "beta_J")),
+        ("params_only", ("σ term", "a_J", "alpha_J")),
+    ):
+        rows = by_env[env]
+        assert (rows["status"] == "degenerate").all(), rows[["status", "reason"]]
+        assert all(any(name in r for name in names) for r in rows["reason"]), rows["reason"]
+
+
+def _fit_row(**values: float) -> dict:
+    base = {
+        "scope": "h1-stand-v0",
+        "agent": "simbav2",
+        "variant": "per_env",
+        "threshold_idx": 0,
+        "status": "ok",
+        "reason": "",
+        "loss": 0.01,
+        "utd_min": 1.0,
+        "utd_max": 8.0,
+        "critic_params_min": 6e5,
+        "critic_params_max": 3.6e7,
+        "D_obs_min": 2.4e5,
+        **law(5e4, 0.7, 0.9),
+    }
+    return {**base, **values}
+
+
+def test_collapsed_exponent_and_loss_outlier_are_degenerate() -> None:
+    # The published SimbaV2 h1-stand fit at threshold 19: D_min ~ 0, alpha_J ~ 0.03, a_J ~ 1e168.
+    collapsed = _fit_row(
+        threshold_idx=19,
+        D_min=1.66e-3,
+        a_J=8.3e168,
+        alpha_J=0.0328,
+        b_J=4.56e10,
+        beta_J=1.15,
+        loss=0.085,
+    )
+    rows = [_fit_row(threshold_idx=i, loss=0.01 + 0.001 * i) for i in range(4)]
+    # a sound law whose loss is far above the other thresholds'
+    rows.append(_fit_row(threshold_idx=4, loss=0.09))
+    # alpha_J as small but D_min well above 0 (the σ term ~1e5, changing 6 % over σ 1-8): the
+    # floor is there, nothing collapsed
+    rows.append(_fit_row(threshold_idx=5, alpha_J=0.03, a_J=1e166, D_min=1e5))
+    table = flag_degenerate(pd.DataFrame([*rows, collapsed]))
+    status = table.set_index("threshold_idx")["status"]
+    reason = table.set_index("threshold_idx")["reason"]
+    assert status[19] == "degenerate" and "alpha_J = 0.0328 collapsed" in reason[19]
+    assert status[4] == "degenerate" and "x the median" in reason[4]
+    assert (status[[0, 1, 2, 3, 5]] == "ok").all(), reason.to_dict()
+    # the rules are configurable: a looser loss limit keeps threshold 4
+    loose = flag_degenerate(pd.DataFrame(rows), DegeneracyRules(loss_factor=20.0))
+    assert (loose["status"] == "ok").all()
+
+
+def test_degeneracy_rules_from_settings_name_bad_keys() -> None:
+    assert DegeneracyRules.from_settings(None) == DegeneracyRules()
+    assert DegeneracyRules.from_settings({"ci_decades": 3}).ci_decades == 3.0
+    with pytest.raises(ValueError, match="unknown key.*'ci_decade'"):
+        DegeneracyRules.from_settings({"ci_decade": 3})
+    with pytest.raises(ValueError, match="loss_factor must be > 0"):
+        DegeneracyRules.from_settings({"loss_factor": 0})
+
+
+def test_published_simbav2_h1_stand_top_fits_are_degenerate(published_table) -> None:
+    """The known real case: the SimbaV2 h1-stand laws at thresholds 18-19 of the published study
+    (the paper's J range 200-660) collapse onto D_min ~ 0 (alpha_J 0.03-0.07, a_J up to 1e168)."""
+    from valuescale.analysis.best_config import best_batch_size
+    from valuescale.analysis.crossings import crossing_tables
+    from valuescale.analysis.preprocess import preprocess
+    from valuescale.analysis.thresholds import compute_thresholds
+    from valuescale.tasks import TASKS
+
+    env = "h1-stand-v0"
+    df = published_table("simbav2_model_scaling_linear20_with_base")
+    curves = preprocess(df[df["env"] == env], reset_interval={"simbav2": None})
+    spec = TASKS[env]
+    thresholds = compute_thresholds(curves, j_min={env: spec.j_min}, j_max={env: spec.j_max})
+    tables = crossing_tables(curves, thresholds, n_boot=100)
+    points = select_fit_points(tables.crossings, best_batch_size(tables.bootstrap))
+    table = fit_data_efficiency_table(points, variants=("per_env",), n_boot=0, n_starts=8)
+    top = table.set_index("threshold_idx").loc[[18, 19]]
+    assert (top["status"] == "degenerate").all(), top[["alpha_J", "D_min", "reason"]]
+    assert top["reason"].str.contains("collapsed").all(), top["reason"].tolist()

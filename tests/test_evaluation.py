@@ -441,3 +441,33 @@ def test_input_dim_table_agrees_with_the_env_specs() -> None:
     for env in ("cartpole-balance", "cheetah-run", "walker-walk", "humanoid-stand", "finger-turn"):
         built = make_env(env, 0)
         assert INPUT_DIMS[env] == built.obs_dim + built.act_dim, env
+
+
+def test_held_out_runs_score_only_the_laws_of_their_own_grid() -> None:
+    crossings, fits = synthetic_study(noise=0.0)
+    # another experiment on the same env and agent (the BRO ablation: its own size ladder, B = 1024)
+    ablation = crossing_rows("dmc_bro_ablations", [1, 2, 5, 10], [256, 512, 1024, 4096])
+    ablation = ablation.assign(batch_size=1024)
+    points = select_fit_points(ablation, None, sources=["dmc_bro_ablations"])
+    other = fit_data_efficiency_table(points, variants=("per_env",), n_boot=0, n_starts=4)
+    both = pd.concat([fits.assign(source="fitted_bs"), other.assign(source="dmc_bro_ablations")])
+    table = fit_error_table(
+        pd.concat([crossings, ablation], ignore_index=True),
+        both,
+        None,
+        variants=("per_env",),
+        batch_loo=False,
+    )
+    d = table[table["quantity"] == "D"]
+    pairs = set(zip(d["fit_source"], d["set"], d["eval_source"], strict=True))
+    assert pairs == {
+        ("fitted_bs", "fitted", "fitted_bs"),
+        ("fitted_bs", "interpolated", "interpolated_bs"),
+        ("fitted_bs", "extrapolated", "extrapolated_bs"),
+        ("dmc_bro_ablations", "fitted", "dmc_bro_ablations"),
+    }
+    # a configuration maps a fit source to its held-out sets; unlisted sources: in-sample only
+    only_fitted = fit_error_table(
+        crossings, fits, None, eval_sets={}, variants=("per_env",), batch_loo=False
+    )
+    assert set(only_fitted["set"]) == {"fitted"}

@@ -599,7 +599,15 @@ def test_published_study_fits_every_suite(full_study: dict) -> None:
     assert set(ablation["scope"]) == DMC_ABLATION_ENVS  # pendulum-swingup has no thresholds
     assert len(ablation) >= 0.95 * 14 * 20
     simba = per_env[per_env["agent"] == "simbav2"]
-    assert set(simba["scope"]) == {"h1-crawl-v0", "h1-stand-v0"} and len(simba) == 40
+    assert set(simba["scope"]) == {"h1-crawl-v0", "h1-stand-v0"}
+    # no usable law keeps an exponent collapsed onto a missing D_min (the known real case, SimbaV2
+    # h1-stand at the paper's J range: test_data_efficiency.py::test_published_simbav2_*)
+    laws = ok[ok["variant"] != "loglinear"]
+    span = np.minimum(
+        laws["alpha_J"] * np.log(laws["utd_max"] / laws["utd_min"]),
+        laws["beta_J"] * np.log(laws["critic_params_max"] / laws["critic_params_min"]),
+    )
+    assert not ((span < 0.2) & (laws["D_min"] < 0.01 * laws["D_obs_min"])).any()
     hb = per_env[per_env["source"] == "fitted_bs"]
     assert set(hb["scope"]) == {"h1-crawl-v0", "h1-pole-v0", "h1-stand-v0", "humanoid-stand"}
     averaged = ok[ok["variant"] == "averaged"]
@@ -632,7 +640,9 @@ def test_published_study_tables_are_finite(full_study: dict) -> None:
     assert len(d) > 30 and d["r2"].median() > 0.95
     for name in ("compute_optimal", "budget_optimal"):
         table = pd.read_csv(full_study[name])
-        assert (table["status"] == "ok").mean() > 0.8
+        skipped = table[table["status"] == "skipped"]  # one row per degenerate fit
+        assert len(skipped) and skipped["reason"].str.startswith("degenerate fit: ").all()
+        assert (table.loc[table["status"] != "skipped", "status"] == "ok").mean() > 0.8
     blocks = yaml.safe_load(full_study["proposal"].read_text())["grid"]
     assert {b["envs"][0] for b in blocks} >= {"h1-crawl-v0", "cheetah-run", "dog-run"}
 

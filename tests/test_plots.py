@@ -479,3 +479,75 @@ def test_nice_log_ticks() -> None:
     assert list(nice_log_ticks(1e5, 2e7)) == [1e5, 1e6, 1e7]
     assert list(nice_log_ticks(150.0, 1200.0)) == [200.0, 500.0, 1000.0]
     assert len(nice_log_ticks(2.1e16, 3.9e16)) >= 2
+
+
+def _texts(fig) -> str:
+    """Every text of a figure (titles, notes, legends), joined, line breaks as spaces."""
+    from matplotlib.text import Text
+
+    return " ".join(" ".join(t.get_text() for t in fig.findobj(Text)).split())
+
+
+def test_law_and_budget_figures_say_which_degenerate_fits_they_skip(tmp_path: Path) -> None:
+    from valuescale.analysis.allocation import annotate_budget_points, budget_optimal_table
+    from valuescale.plots._common import Inputs
+    from valuescale.plots.budget import fig_budget
+    from valuescale.plots.laws import fig_data_efficiency, fig_scaling
+
+    utd, n = np.meshgrid([1.0, 2.0, 4.0, 8.0], [2.5e5, 1e6, 4e6, 1.6e7])
+    utd, n = utd.ravel(), n.ravel()
+    crossings = pd.concat(
+        pd.DataFrame(
+            {
+                "env": env,
+                "agent": "bro",
+                "utd": utd,
+                "critic_params": n.astype(np.int64),
+                "batch_size": 256,
+                "threshold_idx": j,
+                "threshold": 500.0 + j,
+                "D": _law(utd, n) * (1 + 0.1 * j),
+            }
+        )
+        for env in ("toy", "flat")
+        for j in (0, 1)
+    )
+    write_table(crossings, tmp_path / "crossings.parquet")
+    sound = {
+        "variant": "per_env",
+        "agent": "bro",
+        "D_min": 1.5e5,
+        "a_J": 2.0 * 1e5 ** (1 / 0.6),
+        "alpha_J": 0.6,
+        "b_J": 3e6 * 2e5 ** (1 / 0.7),
+        "beta_J": 0.7,
+        "status": "ok",
+        "reason": "",
+    }
+    collapsed = "alpha_J = 0.033 collapsed: the σ term changes by 7 % over σ 1-8"
+    fits = pd.DataFrame(
+        [
+            {**sound, "scope": "toy", "threshold_idx": 0, "threshold": 500.0},
+            {
+                **sound,
+                "scope": "toy",
+                "threshold_idx": 1,
+                "status": "degenerate",
+                "reason": collapsed,
+            },
+            {**sound, "scope": "flat", "threshold_idx": 0, "status": "degenerate", "reason": "x"},
+        ]
+    )
+    fits.to_csv(tmp_path / "fits.csv", index=False)
+    # the fit at the top threshold is degenerate: panels show #0 and say that #1 is not drawn
+    for builder in (fig_scaling, fig_data_efficiency):
+        paths = {"crossings": str(tmp_path / "crossings.parquet")}
+        paths["fits_data_efficiency"] = str(tmp_path / "fits.csv")
+        text = _texts(builder(Inputs(builder.__name__, paths), {}))
+        assert "not drawn, degenerate: collapsed exponent #1" in text, text
+        assert "flat" in text and "no usable fit" in text  # a scope with no usable fit at all
+    budget = annotate_budget_points(budget_optimal_table(fits, delta={"toy": 1e11}), fits)
+    budget.to_csv(tmp_path / "budget_optimal.csv", index=False)
+    paths = {"budget_optimal": str(tmp_path / "budget_optimal.csv")}
+    text = _texts(fig_budget(Inputs("fig_budget", paths), {}))
+    assert "degenerate fit skipped: J #1 (not allocated)" in text, text

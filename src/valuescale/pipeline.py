@@ -53,16 +53,17 @@ from valuescale.analysis import evaluation
 from valuescale.analysis import ingest as ingest_mod
 from valuescale.analysis import proposal as proposal_mod
 from valuescale.analysis.allocation import (
-    Allocation,
     ComputeModel,
+    annotate_budget_points,
     budget_fit_table,
-    budget_optimal,
     budget_optimal_numeric,
+    budget_optimal_table,
     compute_optimal,
     compute_optimal_line,
     compute_optimal_table,
     delta_for,
     law_is_usable,
+    skipped_rows,
 )
 from valuescale.analysis.batch_size_fit import (
     BATCH_PARAMS,
@@ -79,6 +80,7 @@ from valuescale.analysis.data_efficiency import (
     select_fit_points,
     suite_of,
 )
+from valuescale.analysis.fitting import DegeneracyRules
 from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, preprocess
 from valuescale.analysis.thresholds import study_thresholds
 from valuescale.atomic import atomic_write_text
@@ -197,6 +199,10 @@ BUDGET_OPTIMAL_COLUMNS: list[str] = [
     "compute",
     "status",
     "reason",
+    "D_line",
+    "compute_line",
+    "utd_derived",
+    "critic_params_derived",
 ]
 BUDGET_FITS_COLUMNS: list[str] = [
     "scope",
@@ -209,6 +215,10 @@ BUDGET_FITS_COLUMNS: list[str] = [
     "r2",
     "r2_fit",
     "r2_heldout",
+    "method",
+    "slope_direct",
+    "intercept_direct",
+    "r2_direct",
     "n_fit",
     "n_heldout",
     "budget_min",
@@ -560,12 +570,15 @@ def _batch_fits_for_source(
     n_boot: int,
     n_starts: int,
     seed: int,
+    rules: DegeneracyRules | None = None,
 ) -> list[pd.DataFrame]:
     """Batch-size law rows of one source: on measured B*, and on the run batch sizes."""
     frames = []
     measured = best[best["source"] == source] if "source" in best else best
     if len(measured):
-        table = fit_batch_size_table(measured, n_boot=n_boot, n_starts=n_starts, seed=seed)
+        table = fit_batch_size_table(
+            measured, n_boot=n_boot, n_starts=n_starts, seed=seed, rules=rules
+        )
         if len(table):
             frames.append(_add_geomean(table, measured, "B_star").assign(basis="B_star"))
     design = batch_sizes_in_use(cr, sources=[source])
@@ -596,7 +609,7 @@ def _batch_fits_for_source(
                 )
                 continue
             table = fit_batch_size_table(
-                runs, min_batch_sizes=1, n_boot=0, n_starts=n_starts, seed=seed
+                runs, min_batch_sizes=1, n_boot=0, n_starts=n_starts, seed=seed, rules=rules
             )
             if len(table):
                 frames.append(_add_geomean(table, runs, "B_star").assign(basis="run_batch_size"))
@@ -614,8 +627,10 @@ def fits(
     """Rule ``fits``: batch-size law (Eq. 6.1) + log-linear baseline, D_J(σ, N) (Eq. 7.1).
 
     Settings ``fits``: ``n_starts``, ``seed``, ``n_bootstrap``, ``variants``, ``holdout_sources``,
-    ``task_average``, ``exclude``, ``batch_choice``; ``batch_size``: ``min_batch_sizes``. The
-    data-efficiency table records each row's batch-size rule (``batch_choice``).
+    ``task_average``, ``exclude``, ``batch_choice``, ``degenerate``
+    (:class:`valuescale.analysis.fitting.DegeneracyRules`); ``batch_size``: ``min_batch_sizes``.
+    The data-efficiency table records each row's batch-size rule (``batch_choice``). Every
+    degenerate fit is logged as a warning with its reason.
     """
     spec = _settings(settings, "fits")
     n_starts = int(spec.get("n_starts", 8))
@@ -626,6 +641,7 @@ def fits(
     task_average = str(spec.get("task_average", "per_threshold"))
     batch_choice = dict(spec.get("batch_choice") or {})
     min_batch = int(_settings(settings, "batch_size").get("min_batch_sizes", 3))
+    rules = DegeneracyRules.from_settings(spec.get("degenerate"))
     cr_all = _read_crossings(crossings)
     best = _read_best_batch(best_batch_size)
     cr = exclude_points(cr_all, spec.get("exclude"))  # the D_J fits' grid; B* laws use all
@@ -652,11 +668,14 @@ def fits(
                 n_starts=n_starts,
                 seed=seed,
                 task_average=task_average,
+                rules=rules,
             )
-            bs_frames.extend(_batch_fits_for_source(source, cr_all, best, n_boot, n_starts, seed))
+            bs_frames.extend(
+                _batch_fits_for_source(source, cr_all, best, n_boot, n_starts, seed, rules)
+            )
         if len(table):
-            rules = [batch_choice.get(str(a), "B_star") for a in table["agent"]]
-            de_frames.append(table.assign(source=source, batch_choice=rules))
+            choices = [batch_choice.get(str(a), "B_star") for a in table["agent"]]
+            de_frames.append(table.assign(source=source, batch_choice=choices))
             log.info(
                 "%s: data-efficiency fits %s",
                 source,
@@ -664,6 +683,8 @@ def fits(
             )
     de = pd.concat(de_frames, ignore_index=True) if de_frames else _empty(FITS_DE_COLUMNS)
     bs = pd.concat(bs_frames, ignore_index=True) if bs_frames else _empty(FITS_BATCH_COLUMNS)
+    _warn_degenerate(de, "data-efficiency", ["source", "variant", "scope", "threshold_idx"])
+    _warn_degenerate(bs, "batch-size", ["source", "basis", "scope"])
     if len(bs):
         log.info("batch-size fits %s", bs.groupby(["basis", "status"]).size().to_dict())
     _write_outputs(
@@ -672,6 +693,15 @@ def fits(
             out_data_efficiency: _ordered(de, FITS_DE_COLUMNS),
         }
     )
+
+
+def _warn_degenerate(table: pd.DataFrame, what: str, keys: Sequence[str]) -> None:
+    """One warning per degenerate fit (what it is and why): later stages skip these fits."""
+    if not len(table) or "status" not in table:
+        return
+    for _, row in table[table["status"] == "degenerate"].iterrows():
+        where = ", ".join(f"{k} {row[k]}" for k in keys if k in row)
+        log.warning("%s fit degenerate (%s): %s", what, where, row.get("reason", ""))
 
 
 def _read_fits_de(path: PathLike) -> pd.DataFrame:
@@ -840,21 +870,29 @@ def allocation(
         model.flops_per_param_sample,
         len(cr),
     )
-    usable = fits_de[fits_de["variant"].isin(variants) & (fits_de["status"] == "ok")]
+    selected = fits_de[fits_de["variant"].isin(variants)]
+    selected = selected[selected["status"].isin(["ok", "degenerate"])]
     co_frames, bo_frames, bf_frames = [], [], []
-    for source, group in usable.groupby("source", sort=True):
+    for source, group in selected.groupby("source", sort=True):
+        usable = group[group["status"] == "ok"]
+        skipped = skipped_rows(group, variants)
+        _warn_skipped(skipped, source)
         with _quiet_numerics():
             if model.batch_convention == "accounting":
                 co = compute_optimal_table(group, variants=variants, k=model.k)
-                bo = _budget_optimal(group, model.k, deltas)
+                bo = budget_optimal_table(group, variants=variants, k=model.k, delta=deltas)
             else:
-                co, bo = _real_tables(group, fits_bs, model, deltas)
+                co, bo = _real_tables(usable, fits_bs, model, deltas)
+                co = _concat([co, skipped], COMPUTE_OPTIMAL_COLUMNS)
+                bo = _concat([bo, skipped], BUDGET_OPTIMAL_COLUMNS)
+            if len(bo):
+                bf = budget_fit_table(bo, n_heldout=n_heldout, fits=usable)
+                bo = annotate_budget_points(bo, usable, n_heldout=n_heldout)
         co = co.assign(source=source) if len(co) else co
         bo = bo.assign(source=source) if len(bo) else bo
         co_frames.append(co)
         bo_frames.append(bo)
         if len(bo):
-            bf = budget_fit_table(bo, n_heldout=n_heldout)
             bf_frames.append(_budget_ranges(bf.assign(source=source), bo))
     co = _concat(co_frames, COMPUTE_OPTIMAL_COLUMNS)
     bo = _concat(bo_frames, BUDGET_OPTIMAL_COLUMNS)
@@ -876,20 +914,22 @@ def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else _empty(columns)
 
 
-def _budget_optimal(fits_de: pd.DataFrame, k: float, deltas: Mapping[str, float]) -> pd.DataFrame:
-    """Budget-optimal point of every usable fit row (accounting convention, closed form)."""
-    rows = []
-    ids = [
-        c
-        for c in ("scope", "agent", "source", "variant", "group", "threshold_idx", "threshold")
-        if c in fits_de
-    ]
-    for _, row in fits_de.iterrows():
-        params = {name: float(row[name]) for name in DE_PARAMS}
-        delta = delta_for(str(row["scope"]), deltas)
-        alloc: Allocation = budget_optimal(params, delta, k)
-        rows.append({**{c: row[c] for c in ids}, "delta": delta, **alloc.__dict__})
-    return pd.DataFrame(rows)
+def _warn_skipped(skipped: pd.DataFrame, source: str) -> None:
+    """One warning per fit scope whose degenerate fits are left out of the allocation."""
+    if not len(skipped):
+        return
+    keys = [c for c in ("agent", "variant", "scope") if c in skipped]
+    for key, rows in skipped.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        thresholds = ", ".join(f"#{int(i)}" for i in sorted(rows["threshold_idx"]))
+        log.warning(
+            "allocation (%s, %s): %d degenerate fit(s) skipped, threshold(s) %s: %s",
+            source,
+            " ".join(str(k) for k in key),
+            len(rows),
+            thresholds,
+            "; ".join(sorted(set(rows["reason"].astype(str))))[:400],
+        )
 
 
 def _budget_ranges(budget_fits: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
@@ -923,12 +963,15 @@ def fit_errors(
     fits_de = _read_fits_de(fits_data_efficiency)
     best = _read_best_batch(best_batch_size)
     fits_bs = _read_fits_batch(fits_batch_size)
+    eval_sets = _settings(settings, "evaluation").get("eval_sets")
+    eval_sets = evaluation.EVAL_SETS if eval_sets is None else eval_sets
     with _quiet_numerics():
         table = evaluation.fit_error_table(
             cr.drop(columns="D_boot", errors="ignore"),
             fits_de,
             best,
             fits_bs,
+            eval_sets=eval_sets,
             variants=tuple(spec.get("variants") or DEFAULT_VARIANTS),
             n_starts=int(spec.get("n_starts", 8)),
             seed=int(spec.get("seed", 0)),

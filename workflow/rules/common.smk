@@ -401,6 +401,7 @@ def analysis_settings(stage):
             "compute": dict(analysis["compute"]),
             "fits": dict(analysis["fits"]),
             "bootstrap": dict(analysis["bootstrap"]),
+            "evaluation": dict(analysis["evaluation"]),
         }
     if stage == "proposal":
         return {

@@ -23,6 +23,19 @@ With ``D_J(σ, N) = D_min + (a/σ)**alpha + (b/N)**beta`` and ``R = D_0 - D_min`
   For the real-batch convention with a batch-size law, :func:`budget_optimal_numeric` minimises
   F on a 2-D log grid and polishes with L-BFGS-B.
 
+Budget lines (the authors' route, :func:`fit_budget_lines`): the budget-optimal points of the
+thresholds give (F_i*, D_i*, C_i*, σ_i*, N_i*); log D* and log C* are fitted against log F on the
+lowest budgets (15 of 20), the top ones held out, and σ* and N* are then **derived** from each
+point's own threshold law at the fitted D: ``(σ̂_i, N̂_i) = compute_optimal(law_i, D̂*(F_i))``
+(the budget optimum lies on the compute-optimal path, where D fixes σ and N). R² of σ*, N* is that
+of the derived values against the budget-optimal ones (log space, all points). The direct log-log
+regressions of σ* and N* on F are kept as a diagnostic (``*_direct`` columns): across thresholds
+the laws differ, so σ*, N* need not follow a power law of F, and these regressions can flip sign.
+
+Degenerate fits (status ``degenerate``, see :func:`valuescale.analysis.data_efficiency.
+flag_degenerate`) are never allocated: the tables hold one row per such fit with status
+``skipped`` and the fit's reason (:func:`skipped_rows`).
+
 Tables (columns documented on the functions): ``compute_optimal.csv``
 (:func:`compute_optimal_table`), ``budget_optimal.csv`` (:func:`budget_optimal_table`),
 ``budget_fits.csv`` (:func:`budget_fit_table`).
@@ -45,6 +58,8 @@ ACCOUNTING_BATCH = 256.0
 DEFAULT_K = FLOPS_PER_PARAM_SAMPLE * ACCOUNTING_BATCH  # 2560
 N_HELDOUT = 5
 _LN10 = np.log(10.0)
+#: Status of an allocation row whose fit is degenerate (not allocated).
+STATUS_SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -362,12 +377,33 @@ def _usable_rows(fits: pd.DataFrame, variants: tuple[str, ...]) -> pd.DataFrame:
     return sel[sel["status"] == "ok"] if "status" in sel else sel
 
 
+def skipped_rows(
+    fits: pd.DataFrame, variants: tuple[str, ...] = ("per_env", "shared", "averaged")
+) -> pd.DataFrame:
+    """One allocation row per degenerate fit of ``variants``: its ids, status ``skipped`` and
+    ``reason = "degenerate fit: <the fit's reason>"`` (no allocation is computed from it)."""
+    if "status" not in fits:
+        return pd.DataFrame()
+    sel = fits[fits["variant"].isin(variants)] if "variant" in fits else fits
+    sel = sel[sel["status"] == "degenerate"]
+    rows = [
+        {
+            **_ids(fit),
+            "status": STATUS_SKIPPED,
+            "reason": f"degenerate fit: {fit.get('reason', '') or ''}",
+        }
+        for _, fit in sel.iterrows()
+    ]
+    return pd.DataFrame(rows)
+
+
 def compute_optimal_table(
     fits: pd.DataFrame,
     *,
     variants: tuple[str, ...] = ("per_env", "shared", "averaged"),
     n_targets: int = 5,
     k: float = DEFAULT_K,
+    include_skipped: bool = True,
 ) -> pd.DataFrame:
     """``compute_optimal.csv``: closed-form optima over a range of data targets D_0.
 
@@ -376,7 +412,8 @@ def compute_optimal_table(
 
     Columns: scope, agent, variant, threshold_idx, threshold, D_target, utd_star,
     critic_params_star, compute_star (``k σ* N* D_0``), k, line_slope, line_intercept
-    (``log10 N* = line_intercept + line_slope log10 σ*``), status, reason.
+    (``log10 N* = line_intercept + line_slope log10 σ*``), status, reason. With
+    ``include_skipped``, one row per degenerate fit with status ``skipped`` (:func:`skipped_rows`).
     """
     rows = []
     for _, fit in _usable_rows(fits, variants).iterrows():
@@ -411,7 +448,12 @@ def compute_optimal_table(
                     "reason": reason or ("" if np.isfinite(u) else "D_target <= D_min"),
                 }
             )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if include_skipped:
+        skipped = skipped_rows(fits, variants)
+        if len(skipped):
+            table = pd.concat([table, skipped], ignore_index=True) if len(table) else skipped
+    return table
 
 
 def budget_optimal_table(
@@ -420,12 +462,15 @@ def budget_optimal_table(
     variants: tuple[str, ...] = ("per_env", "shared", "averaged"),
     k: float = DEFAULT_K,
     delta: Mapping[str, float] | None = None,
+    include_skipped: bool = True,
 ) -> pd.DataFrame:
     """``budget_optimal.csv``: the budget-optimal point of every usable threshold fit.
 
-    delta per scope from :func:`delta_for` (``delta`` overrides by scope name).
+    delta per scope from :func:`delta_for` (``delta`` overrides by scope name). With
+    ``include_skipped``, every degenerate fit adds a row with status ``skipped`` and its reason
+    (:func:`skipped_rows`).
 
-    Columns: scope, agent, variant, threshold_idx, threshold, delta, budget (F*), utd (σ*),
+    Columns: scope, agent, variant, group, threshold_idx, threshold, delta, budget (F*), utd (σ*),
     critic_params (N*), D (D*), compute (C*), status, reason.
     """
     rows = []
@@ -434,7 +479,12 @@ def budget_optimal_table(
         d = delta_for(str(fit["scope"]), delta)
         alloc = budget_optimal(params, d, k)
         rows.append({**_ids(fit), "delta": d, **alloc.__dict__})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if include_skipped:
+        skipped = skipped_rows(fits, variants)
+        if len(skipped):
+            table = pd.concat([table, skipped], ignore_index=True) if len(table) else skipped
+    return table
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -444,28 +494,97 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot
 
 
+def _line_fit(x: np.ndarray, y: np.ndarray, n_fit: int) -> tuple[float, float, np.ndarray]:
+    """``(slope, intercept, prediction at every x)`` of a line fitted to the first n_fit points."""
+    slope, intercept = np.polyfit(x[:n_fit], y[:n_fit], 1)
+    return float(slope), float(intercept), intercept + slope * x
+
+
+def _r2_split(y: np.ndarray, pred: np.ndarray, n_fit: int, n_heldout: int) -> dict[str, float]:
+    """R² over all points, the fitted ones and the held-out ones (finite pairs only)."""
+    ok = np.isfinite(y) & np.isfinite(pred)
+    idx = np.arange(y.size)
+    fitted, held = ok & (idx < n_fit), ok & (idx >= n_fit)
+    return {
+        "r2": _r2(y[ok], pred[ok]),
+        "r2_fit": _r2(y[fitted], pred[fitted]),
+        "r2_heldout": _r2(y[held], pred[held]) if n_heldout > 0 else np.nan,
+    }
+
+
+def derive_allocations(laws: pd.DataFrame, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(σ̂, N̂)`` of each row's law (columns :data:`DE_PARAMS`) reaching ``D`` compute-optimally.
+
+    NaN where the law is unusable or ``D <= D_min``.
+    """
+    utd = np.full(len(laws), np.nan)
+    n = np.full(len(laws), np.nan)
+    for i, (_, row) in enumerate(laws.iterrows()):
+        params = {name: float(row[name]) for name in DE_PARAMS}
+        if law_is_usable(params) or not np.isfinite(D[i]):
+            continue
+        with np.errstate(all="ignore"):
+            u, nn = compute_optimal(params, D[i])
+        utd[i], n[i] = float(u), float(nn)
+    return utd, n
+
+
+def budget_line_points(
+    points: pd.DataFrame, *, n_heldout: int = N_HELDOUT
+) -> tuple[pd.DataFrame, int]:
+    """The usable budget-optimal points of one scope, sorted by budget, with the lines' values.
+
+    Adds ``D_line`` and ``compute_line`` (the log-log lines of D* and C* against F, fitted on the
+    lowest ``len - n_heldout`` points, evaluated at every F*) and, when the points carry their
+    law (columns :data:`DE_PARAMS`), ``utd_derived`` / ``critic_params_derived`` (σ̂, N̂ of
+    :func:`derive_allocations` at ``D_line``). Returns ``(points, n_fit)``; with fewer than 3
+    fitted points the line columns are NaN.
+    """
+    ok = points[(points["status"] == "ok") & np.isfinite(points["budget"].astype(float))]
+    ok = ok.sort_values("budget").reset_index(drop=True)
+    n_fit = len(ok) - n_heldout
+    for column in ("D_line", "compute_line", "utd_derived", "critic_params_derived"):
+        ok[column] = np.nan
+    if n_fit < 3:
+        return ok, n_fit
+    x = np.log10(ok["budget"].to_numpy(float))
+    for quantity, column in (("D", "D"), ("compute", "compute")):
+        _, _, pred = _line_fit(x, np.log10(ok[column].to_numpy(float)), n_fit)
+        ok[f"{quantity}_line"] = 10**pred
+    if set(DE_PARAMS) <= set(ok.columns):
+        utd, n = derive_allocations(ok, ok["D_line"].to_numpy(float))
+        ok["utd_derived"], ok["critic_params_derived"] = utd, n
+    return ok, n_fit
+
+
 def fit_budget_lines(
     points: pd.DataFrame, *, n_heldout: int = N_HELDOUT
 ) -> list[dict[str, float | str]]:
-    """Log-log lines of D*, C*, σ*, N* against F* for one scope's budget-optimal points.
+    """Budget lines of one scope's budget-optimal points (the authors' route, module docstring).
 
-    Points are sorted by budget; the lowest ``len - n_heldout`` are fitted
-    (``log10 q = intercept + slope log10 F``), the top ``n_heldout`` held out. ``r2`` is the R^2
-    (log space) over all points, ``r2_heldout`` over the held-out ones.
+    Points are sorted by budget; the lowest ``len - n_heldout`` are fitted, the top
+    ``n_heldout`` held out. ``D`` and ``C``: ``log10 q = intercept + slope log10 F``, ``r2`` its
+    R² (log space) over all points, ``r2_fit`` / ``r2_heldout`` over the fitted / held-out ones.
+    ``sigma`` and ``N`` (``method = "derived"`` when the points carry their laws): the derived
+    σ̂, N̂ of :func:`budget_line_points` scored against σ*, N* (``r2``...), ``slope`` /
+    ``intercept`` a log-log line through the derived values of the fitted points (a summary for
+    extrapolation). The direct regression of σ* (N*) on F, as in the D and C rows, gives
+    ``slope_direct``, ``intercept_direct``, ``r2_direct`` (all rows; the same as the line for D
+    and C). Without the laws σ and N use the direct regression (``method = "direct"``).
     """
-    ok = points[(points["status"] == "ok") & np.isfinite(points["budget"])]
-    ok = ok.sort_values("budget")
+    ok, n_fit = budget_line_points(points, n_heldout=n_heldout)
     n = len(ok)
-    n_fit = n - n_heldout
+    derived = "utd_derived" in ok and np.isfinite(ok["utd_derived"].to_numpy(float)).any()
     out = []
-    for quantity, column in (
-        ("D", "D"),
-        ("C", "compute"),
-        ("sigma", "utd"),
-        ("N", "critic_params"),
+    for quantity, column, derived_column in (
+        ("D", "D", None),
+        ("C", "compute", None),
+        ("sigma", "utd", "utd_derived"),
+        ("N", "critic_params", "critic_params_derived"),
     ):
         row: dict[str, float | str] = {
             "quantity": quantity,
+            "method": "line",
             "n_fit": max(n_fit, 0),
             "n_heldout": min(n_heldout, n),
         }
@@ -476,6 +595,9 @@ def fit_budget_lines(
                 r2=np.nan,
                 r2_fit=np.nan,
                 r2_heldout=np.nan,
+                slope_direct=np.nan,
+                intercept_direct=np.nan,
+                r2_direct=np.nan,
                 status="failed",
                 reason=f"{n} budget-optimal points; need {n_heldout + 3}",
             )
@@ -483,28 +605,56 @@ def fit_budget_lines(
             continue
         x = np.log10(ok["budget"].to_numpy(float))
         y = np.log10(ok[column].to_numpy(float))
-        slope, intercept = np.polyfit(x[:n_fit], y[:n_fit], 1)
-        pred = intercept + slope * x
+        slope, intercept, pred = _line_fit(x, y, n_fit)
+        direct = _r2_split(y, pred, n_fit, n_heldout)
         row.update(
-            slope=float(slope),
-            intercept=float(intercept),
-            r2=_r2(y, pred),
-            r2_fit=_r2(y[:n_fit], pred[:n_fit]),
-            r2_heldout=_r2(y[n_fit:], pred[n_fit:]) if n_heldout > 0 else np.nan,
+            slope=slope,
+            intercept=intercept,
+            **direct,
+            slope_direct=slope,
+            intercept_direct=intercept,
+            r2_direct=direct["r2"],
             status="ok",
             reason="",
         )
+        if derived_column is not None:
+            if derived:
+                values = np.log10(ok[derived_column].to_numpy(float))
+                good = np.isfinite(values[:n_fit])
+                row["method"] = "derived"
+                row.update(_r2_split(y, values, n_fit, n_heldout))
+                if good.sum() >= 2:
+                    d_slope, d_intercept = np.polyfit(x[:n_fit][good], values[:n_fit][good], 1)
+                    row.update(slope=float(d_slope), intercept=float(d_intercept))
+                else:
+                    row.update(slope=np.nan, intercept=np.nan)
+                n_bad = int(np.sum(~np.isfinite(values)))
+                if n_bad:
+                    row["reason"] = f"{n_bad} point(s) with D_line <= D_min: no derived value"
+            else:
+                row["method"] = "direct"
         out.append(row)
     return out
 
 
-def budget_fit_table(budget_points: pd.DataFrame, *, n_heldout: int = N_HELDOUT) -> pd.DataFrame:
+def budget_fit_table(
+    budget_points: pd.DataFrame,
+    *,
+    n_heldout: int = N_HELDOUT,
+    fits: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """``budget_fits.csv``: :func:`fit_budget_lines` per (scope, agent, [source,] variant).
 
-    Columns: scope, agent, variant, quantity (D|C|sigma|N), slope, intercept (log10 q =
-    intercept + slope log10 F), r2 (all points), r2_fit, r2_heldout, n_fit, n_heldout, status,
-    reason.
+    ``fits``: the data-efficiency fits the points came from; their laws (matched on scope, agent,
+    [source,] variant, threshold_idx) let σ* and N* be derived (the authors' route); without them
+    σ and N are regressed directly.
+
+    Columns: scope, agent, variant, quantity (D|C|sigma|N), method (line|derived|direct), slope,
+    intercept (log10 q = intercept + slope log10 F), r2 (all points), r2_fit, r2_heldout,
+    slope_direct, intercept_direct, r2_direct (direct regression, diagnostic), n_fit, n_heldout,
+    status, reason.
     """
+    budget_points = attach_laws(budget_points, fits)
     keys = [c for c in ("scope", "agent", "source", "variant") if c in budget_points]
     rows = []
     for key, data in budget_points.groupby(keys, sort=True):
@@ -514,15 +664,58 @@ def budget_fit_table(budget_points: pd.DataFrame, *, n_heldout: int = N_HELDOUT)
     return pd.DataFrame(rows)
 
 
-def propose_from_budget_lines(
-    budget_fits: pd.DataFrame, budgets: np.ndarray, delta: float | None = None
+def attach_laws(budget_points: pd.DataFrame, fits: pd.DataFrame | None) -> pd.DataFrame:
+    """``budget_points`` with the law parameters (:data:`DE_PARAMS`) of the fit of each row."""
+    if fits is None or not len(fits) or not len(budget_points):
+        return budget_points
+    keys = [
+        c
+        for c in ("scope", "agent", "source", "variant", "threshold_idx")
+        if c in budget_points and c in fits
+    ]
+    laws = fits[[*keys, *DE_PARAMS]].drop_duplicates(keys)
+    out = budget_points.drop(columns=[c for c in DE_PARAMS if c in budget_points])
+    return out.merge(laws, on=keys, how="left")
+
+
+def annotate_budget_points(
+    budget_points: pd.DataFrame,
+    fits: pd.DataFrame | None = None,
+    *,
+    n_heldout: int = N_HELDOUT,
 ) -> pd.DataFrame:
-    """Evaluate one scope's fitted lines σ*(F), N*(F), D*(F) at new budgets (extrapolation).
+    """``budget_points`` with ``D_line``, ``compute_line``, ``utd_derived`` and
+    ``critic_params_derived`` of :func:`budget_line_points` per scope (NaN on rows not used)."""
+    columns = ["D_line", "compute_line", "utd_derived", "critic_params_derived"]
+    if not len(budget_points):
+        return budget_points
+    with_laws = attach_laws(budget_points, fits).assign(_row=np.arange(len(budget_points)))
+    keys = [c for c in ("scope", "agent", "source", "variant") if c in with_laws]
+    frames = [
+        budget_line_points(data, n_heldout=n_heldout)[0][["_row", *columns]]
+        for _, data in with_laws.groupby(keys, sort=False)
+    ]
+    values = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["_row"])
+    out = budget_points.drop(columns=[c for c in columns if c in budget_points])
+    out = out.assign(_row=np.arange(len(out))).merge(values, on="_row", how="left")
+    return out.drop(columns="_row")
+
+
+def propose_from_budget_lines(
+    budget_fits: pd.DataFrame,
+    budgets: np.ndarray,
+    delta: float | None = None,
+    law: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Evaluate one scope's budget lines at new budgets (extrapolation).
 
     Args:
         budget_fits: rows of :func:`budget_fit_table` for one (scope, agent, variant).
         budgets: budgets F.
         delta: if given, ``compute`` is ``F - delta D``; otherwise the C*(F) line.
+        law: a data-efficiency law; σ and N are then derived from it at the D*(F) line
+            (``compute_optimal(law, D*(F))``, the authors' route), else taken from the σ and N
+            rows' lines.
 
     Returns:
         Columns budget, utd, critic_params, D, compute.
@@ -537,11 +730,15 @@ def propose_from_budget_lines(
 
     D = line("D")
     compute = budgets - delta * D if delta is not None else line("C")
+    if law is not None and not law_is_usable(law):
+        utd, n = compute_optimal(law, D)
+    else:
+        utd, n = line("sigma"), line("N")
     return pd.DataFrame(
         {
             "budget": budgets,
-            "utd": line("sigma"),
-            "critic_params": line("N"),
+            "utd": utd,
+            "critic_params": n,
             "D": D,
             "compute": compute,
         }

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from valuescale.analysis.fitting import (
+    DegeneracyRules,
     FitDataError,
     FitResult,
     LogRescale,
@@ -159,14 +160,19 @@ def fit_batch_size_law(
     *,
     n_starts: int = 8,
     seed: int = 0,
+    rules: DegeneracyRules | None = None,
 ) -> FitResult:
-    """Fit Eq. 6.1 to best batch sizes (``[n]`` arrays; ``B_boot`` optional ``[K, n]``)."""
+    """Fit Eq. 6.1 to best batch sizes (``[n]`` arrays; ``B_boot`` optional ``[K, n]``).
+
+    ``rules``: when the fit is ``degenerate`` (a parameter at a bound, an exponent whose bootstrap
+    interval spans too many decades; :class:`valuescale.analysis.fitting.DegeneracyRules`).
+    """
     try:
         problem = BatchSizeProblem(utd, critic_params, B_star)
     except FitDataError as err:
         n = int(np.sum(np.isfinite(np.asarray(B_star, dtype=float))))
         return failed_result(BATCH_PARAMS, err.status, err.reason, n)
-    return fit_scaled(problem, B_star, B_boot, n_starts=n_starts, seed=seed)
+    return fit_scaled(problem, B_star, B_boot, n_starts=n_starts, seed=seed, rules=rules)
 
 
 def fit_learning_rate_law(
@@ -244,6 +250,7 @@ def fit_batch_size_table(
     n_boot: int = DEFAULT_N_BOOT,
     n_starts: int = 8,
     seed: int = 0,
+    rules: DegeneracyRules | None = None,
 ) -> pd.DataFrame:
     """Eq. 6.1 and the log-linear baseline per env, per suite and over all envs.
 
@@ -275,7 +282,7 @@ def fit_batch_size_table(
             data, n_edge = _prefer_interior(data, min_preferred)
             row = {"scope": scope, **dict(zip(lead_keys, lead_values, strict=True))}
             row["level"] = level
-            row.update(_batch_fit_columns(data, n_boot, n_starts, seed))
+            row.update(_batch_fit_columns(data, n_boot, n_starts, seed, rules))
             row["n_at_edge"] = n_edge
             out.append(row)
     if not out:
@@ -318,13 +325,25 @@ def batch_sizes_in_use(
     )
 
 
-def _batch_fit_columns(data: pd.DataFrame, n_boot: int, n_starts: int, seed: int) -> dict:
+def _batch_fit_columns(
+    data: pd.DataFrame,
+    n_boot: int,
+    n_starts: int,
+    seed: int,
+    rules: DegeneracyRules | None = None,
+) -> dict:
     """Eq. 6.1 fit, baseline and relative errors of one scope's rows."""
     utd = data["utd"].to_numpy(float)
     params = data["critic_params"].to_numpy(float)
     B = data["B_star"].to_numpy(float)
     fit = fit_batch_size_law(
-        utd, params, B, batch_size_bootstrap(data, n_boot, seed), n_starts=n_starts, seed=seed
+        utd,
+        params,
+        B,
+        batch_size_bootstrap(data, n_boot, seed),
+        n_starts=n_starts,
+        seed=seed,
+        rules=rules,
     )
     baseline = fit_loglinear({"utd": utd, "critic_params": params}, B)
     row = {k: v for k, v in fit.row().items() if k not in ("n_boot", "n_boot_ok")}

@@ -51,7 +51,10 @@ import numpy as np
 import pandas as pd
 
 from valuescale.analysis.fitting import (
+    STATUS_DEGENERATE,
     STATUS_FAILED,
+    STATUS_OK,
+    DegeneracyRules,
     FitDataError,
     FitResult,
     LogRescale,
@@ -156,6 +159,7 @@ class DataEfficiencyProblem(ScaledProblem):
             per = [f"{p}/{g}" for g in range(self.n_groups) for p in ("D_min", "a_J", "b_J")]
             self.names = ("alpha_J", "beta_J", *per)
         self.exponents = (0, 1)
+        self.floor_params = tuple(2 + 3 * g for g in range(self.n_groups))  # D_min may be 0
         n = D.size
         self._rows = np.arange(n)
         self._col_dmin = 2 + 3 * self.group
@@ -228,6 +232,7 @@ def fit_data_efficiency(
     *,
     n_starts: int = 8,
     seed: int = 0,
+    rules: DegeneracyRules | None = None,
 ) -> FitResult:
     """Fit Eq. 7.1 for one env and threshold.
 
@@ -235,6 +240,9 @@ def fit_data_efficiency(
         utd, critic_params, D: ``[n]`` points (NaN D = threshold never reached: ignored).
         D_boot: optional ``[K, n]`` bootstrap resamples of D for parameter CIs.
         n_starts, seed: multi-start settings.
+        rules: degeneracy rules of :func:`valuescale.analysis.fitting.fit_scaled` (bound,
+            bootstrap interval); the collapse and loss rules need the table
+            (:func:`flag_degenerate`).
 
     Returns:
         FitResult with params ``D_min, a_J, alpha_J, b_J, beta_J`` (+ ``_lo``/``_hi``).
@@ -244,7 +252,7 @@ def fit_data_efficiency(
         problem = DataEfficiencyProblem(utd, critic_params, D)
     except FitDataError as err:
         return _reorder(failed_result(names, err.status, err.reason, _n_finite(D)))
-    return _reorder(fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed))
+    return _reorder(fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed, rules=rules))
 
 
 def fit_shared_exponents(
@@ -256,6 +264,7 @@ def fit_shared_exponents(
     *,
     n_starts: int = 8,
     seed: int = 0,
+    rules: DegeneracyRules | None = None,
 ) -> list[FitResult]:
     """Joint fit of Eq. 7.1 over groups (envs) sharing alpha_J and beta_J.
 
@@ -277,7 +286,7 @@ def fit_shared_exponents(
             _reorder(failed_result(DE_PARAMS, err.status, err.reason, _n_finite(D[group == g])))
             for g in range(max(n_groups, 1))
         ]
-    joint = fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed)
+    joint = fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed, rules=rules)
     D = np.asarray(D, dtype=float)
     results = []
     for g in range(n_groups):
@@ -813,6 +822,7 @@ def fit_data_efficiency_table(
     n_starts: int = 8,
     seed: int = 0,
     task_average: str = "per_threshold",
+    rules: DegeneracyRules | None = None,
 ) -> pd.DataFrame:
     """Fit Eq. 7.1 (and the log-linear baseline) for every scope, variant and threshold.
 
@@ -823,6 +833,7 @@ def fit_data_efficiency_table(
         n_boot: bootstrap resamples when they are drawn from D_std (0 = no CIs).
         n_starts, seed: multi-start settings of every fit.
         task_average: normalisation of the ``averaged`` variant (:data:`TASK_AVERAGES`).
+        rules: when a fit is ``degenerate`` rather than ``ok`` (:func:`flag_degenerate`).
 
     Returns:
         ``fits_data_efficiency.csv``: scope, agent, [source,] variant, group (env, or suite for
@@ -843,7 +854,8 @@ def fit_data_efficiency_table(
         points = points.assign(suite=[suite_of(env) for env in points["env"]])
     boot_all = bootstrap_matrix(points, n_boot, seed) if n_boot > 0 else None
     rows: list[dict] = []
-    fit_kw = {"n_starts": n_starts, "seed": seed}
+    rules = rules or DegeneracyRules()
+    fit_kw = {"n_starts": n_starts, "seed": seed, "rules": rules}
 
     lead_keys = ["agent", "source"] if "source" in points else ["agent"]
     for key, data in points.groupby([*lead_keys, "env", "threshold_idx"], sort=True):
@@ -994,7 +1006,107 @@ def fit_data_efficiency_table(
             )
             row.update(task_average=task_average, norm_medians="", n_envs_at_threshold=len(envs))
             rows.append(row)
-    return pd.DataFrame(rows)
+    return flag_degenerate(pd.DataFrame(rows), rules)
+
+
+def _absent_reason(row: pd.Series, rules: DegeneracyRules) -> str:
+    """Why one fit row's σ or N term is absent from its data (changes D by almost nothing)."""
+    try:
+        u_lo, u_hi = float(row["utd_min"]), float(row["utd_max"])
+        n_lo, n_hi = float(row["critic_params_min"]), float(row["critic_params_max"])
+    except KeyError:
+        return ""
+    if not (np.all(np.isfinite([u_lo, u_hi, n_lo, n_hi])) and u_hi > u_lo > 0 and n_hi > n_lo > 0):
+        return ""
+    law = {name: float(row[name]) for name in DE_PARAMS}
+    with np.errstate(all="ignore"):
+        effect_u = float(np.log(predict_D(law, u_lo, n_hi) / predict_D(law, u_hi, n_hi)))
+        effect_n = float(np.log(predict_D(law, u_hi, n_lo) / predict_D(law, u_hi, n_hi)))
+    reasons = [
+        f"the {symbol} term is absent: {symbol} {lo:.3g}-{hi:.3g} changes the fitted D by "
+        f"{100 * np.expm1(effect):.2g} % (limit {100 * np.expm1(rules.min_effect):.2g} %)"
+        for symbol, effect, lo, hi in (("σ", effect_u, u_lo, u_hi), ("N", effect_n, n_lo, n_hi))
+        if np.isfinite(effect) and effect < rules.min_effect
+    ]
+    return "; ".join(reasons)
+
+
+def _collapse_reason(row: pd.Series, rules: DegeneracyRules) -> str:
+    """Why one fit row's exponent has collapsed onto a missing D_min, or ``""``."""
+    d_obs_min = float(row.get("D_obs_min", np.nan))
+    d_min = float(row["D_min"])
+    if not (np.isfinite(d_obs_min) and d_obs_min > 0 and d_min < rules.d_min_fraction * d_obs_min):
+        return ""
+    reasons = []
+    for exponent, prefactor, name, symbol in (
+        ("alpha_J", "a_J", "utd", "σ"),
+        ("beta_J", "b_J", "critic_params", "N"),
+    ):
+        lo, hi = float(row.get(f"{name}_min", np.nan)), float(row.get(f"{name}_max", np.nan))
+        value = float(row[exponent])
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo > 0 and np.isfinite(value)):
+            continue
+        span = value * np.log(hi / lo)
+        if span < rules.collapse_span:
+            reasons.append(
+                f"{exponent} = {value:.3g} collapsed: the {symbol} term changes by "
+                f"{100 * np.expm1(span):.0f} % over {symbol} {lo:.3g}-{hi:.3g} while D_min = "
+                f"{d_min:.3g} (smallest D {d_obs_min:.3g}), so the term stands in for D_min "
+                f"({prefactor} = {float(row[prefactor]):.3g})"
+            )
+    return "; ".join(reasons)
+
+
+def flag_degenerate(table: pd.DataFrame, rules: DegeneracyRules | None = None) -> pd.DataFrame:
+    """Mark the Eq. 7.1 rows of a fits table whose law is degenerate (status ``degenerate``).
+
+    On top of the checks of :func:`valuescale.analysis.fitting.fit_scaled` (parameters at a
+    bound, exponents with bootstrap intervals over ``rules.ci_decades`` decades), a row with
+    status ``ok`` becomes ``degenerate`` when
+
+    * **an exponent collapsed**: ``D_min < rules.d_min_fraction * D_obs_min`` and a term changes
+      by less than ``rules.collapse_span`` (log units) over the data,
+      ``alpha_J ln(utd_max / utd_min)`` or ``beta_J ln(N_max / N_min)``: the term is nearly
+      constant and plays the floor (then ``a_J`` or ``b_J`` runs to absurd values, e.g. 1e168,
+      and the compute-optimal σ* ~ R^(-1/alpha_J) leaves the data by orders of magnitude);
+    * **a term is absent**: σ (N) over its data range changes the fitted D by less than
+      ``rules.min_effect`` in log units (at the largest N, resp. σ): the data show no such
+      dependence and the law cannot place σ* (N*);
+    * **its loss is far above the other thresholds'**: more than ``rules.loss_factor`` times the
+      median loss of the same (agent, source, variant, scope) over its thresholds (with at
+      least 3 thresholds; the median counted as at least ``rules.loss_floor``).
+
+    ``loglinear`` rows are left alone. The reason says which rule and the numbers.
+    """
+    rules = rules or DegeneracyRules()
+    if table.empty or "status" not in table:
+        return table
+    out = table.copy()
+    out["reason"] = out["reason"].astype(object).where(out["reason"].notna(), "")
+    law_rows = out["variant"].astype(str) != "loglinear"
+    for idx in out.index[law_rows & (out["status"] == STATUS_OK)]:
+        reason = _collapse_reason(out.loc[idx], rules) or _absent_reason(out.loc[idx], rules)
+        if reason:
+            out.loc[idx, ["status", "reason"]] = [STATUS_DEGENERATE, reason]
+    family = [c for c in ("agent", "source", "variant", "scope") if c in out]
+    loss = out["loss"].astype(float)
+    finite = law_rows & np.isfinite(loss)
+    if finite.any():
+        grouped = out[finite].groupby(family, dropna=False)["loss"]
+        median = grouped.transform("median").astype(float)
+        count = grouped.transform("size")
+        reference = np.maximum(median, rules.loss_floor)
+        high = (loss[finite] > rules.loss_factor * reference) & (count >= 3)
+        for idx in high[high].index:
+            if out.loc[idx, "status"] != STATUS_OK:
+                continue
+            out.loc[idx, ["status", "reason"]] = [
+                STATUS_DEGENERATE,
+                f"loss {loss[idx]:.3g} is {loss[idx] / reference[idx]:.0f}x the median "
+                f"{reference[idx]:.3g} of this law over its {int(count[idx])} thresholds "
+                f"(limit {rules.loss_factor:g}x; median at least {rules.loss_floor:g})",
+            ]
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,8 +5,13 @@ Three tables, each a pure function of analysis tables (the workflow stages in
 
 * :func:`fit_error_table` -- ``fit_errors.csv``. Relative error ``|D_hat - D| / D`` of the D_J fits
   (Eq. 7.1) on the configurations they were fitted to (set ``fitted``, in-sample) and on held-out
-  configurations (sets ``interpolated`` / ``extrapolated``: the published ``interpolated_bs`` /
-  ``extrapolated_bs`` runs), plus the batch-size rule (Eq. 6.1) against its log-linear baseline.
+  configurations (sets ``interpolated`` / ``extrapolated``), plus the batch-size rule (Eq. 6.1)
+  against its log-linear baseline. A law is scored on held-out runs only where they share its
+  agent, grid convention and batch-size rule (:data:`EVAL_SETS`, config
+  ``analysis.evaluation.eval_sets``): the published ``fitted_bs`` laws on the ``interpolated_bs``
+  / ``extrapolated_bs`` runs, which extend that grid at the same batch-size rule. The BRO ablation
+  (``dmc_bro_ablations``: another size ladder, B = 1024) and the SimbaV2 grid have no held-out runs
+  and are scored in-sample only.
 * :func:`allocation_strategy_table` -- ``allocation_strategies.csv``. Data needed to reach each
   threshold by σ-only and N-only scaling, relative to compute-optimal (σ*, N*, B*) runs at the
   same compute budget (the authors' design tables pair the runs by budget).
@@ -66,10 +71,13 @@ from valuescale.analysis.fitting import fit_loglinear, relative_error
 
 log = logging.getLogger(__name__)
 
-#: Held-out evaluation sets and the curve sources that hold them.
-EVAL_SETS: dict[str, str] = {
-    "interpolated": "interpolated_bs",
-    "extrapolated": "extrapolated_bs",
+#: Held-out evaluation sets per fit source: {fit source: {set name: curve source}}. Only runs of
+#: the same agent, grid convention and batch-size rule as the fitted runs belong here.
+EVAL_SETS: dict[str, dict[str, str]] = {
+    "fitted_bs": {
+        "interpolated": "interpolated_bs",
+        "extrapolated": "extrapolated_bs",
+    },
 }
 FIT_ERROR_COLUMNS: list[str] = [
     "quantity",
@@ -221,7 +229,7 @@ def fit_error_table(
     best_batch_size: pd.DataFrame | None,
     fits_batch_size: pd.DataFrame | None = None,
     *,
-    eval_sets: Mapping[str, str] = EVAL_SETS,
+    eval_sets: Mapping[str, Mapping[str, str]] = EVAL_SETS,
     variants: Collection[str] = ("per_env", "shared", "averaged"),
     loglinear_baseline: bool = True,
     batch_loo: bool = True,
@@ -237,14 +245,16 @@ def fit_error_table(
         best_batch_size: the ``best_batch_size`` table (picks each configuration's batch size).
         fits_batch_size: ``fits_batch_size`` (its in-sample ``rel_error`` /
             ``loglinear_rel_error`` become the batch-size ``fitted`` rows).
-        eval_sets: set name -> curve source of the held-out sets.
+        eval_sets: fit source -> {set name -> curve source} of its held-out sets (a fit source
+            not listed is scored in-sample only; a set never pairs laws and runs of different
+            agents, grids or batch-size rules).
         variants: D_J fit variants to evaluate.
         loglinear_baseline: also evaluate the log-linear D baseline fitted on the same points.
         batch_loo: add leave-one-out errors of Eq. 6.1 and the log-linear rule on B*.
         n_starts, seed: optimiser settings of the refits (baseline, leave-one-out).
     """
     rows: list[dict] = []
-    eval_sources = set(eval_sets.values())
+    eval_sources = {source for sets in eval_sets.values() for source in sets.values()}
     fits = fits.copy()
     if "source" not in fits:
         fits["source"] = "+".join(sorted(set(crossings["source"]) - eval_sources))
@@ -262,7 +272,7 @@ def fit_error_table(
             for agent, listed in zip(src_fits["agent"], src_fits["envs"], strict=True):
                 envs |= {(agent, e) for e in str(listed).split(",") if e and listed == listed}
         eval_frames = []
-        for set_name, source in eval_sets.items():
+        for set_name, source in (eval_sets.get(str(fit_source)) or {}).items():
             pts = select_fit_points(crossings, best_batch_size, sources=[source])
             if pts.empty:
                 continue

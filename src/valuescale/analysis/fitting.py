@@ -22,6 +22,19 @@ parameters back to original units. Data problems (too few points, constant targe
 loss, optimiser failure, parameters at absurd values or overflowing in original units) never raise
 out of the public fit functions: they return a :class:`FitResult` whose ``status`` is ``"failed"``
 or ``"degenerate"`` with a ``reason``.
+
+Degenerate fits (:class:`DegeneracyRules`; the law-specific rules, a collapsed exponent and a loss
+far above the other thresholds', live with the data-efficiency law): a fit is ``degenerate``, never
+``ok``, when
+
+* a parameter sits at a bound of the optimiser: above :data:`ABSURD_HIGH` (rescaled units), an
+  exponent below :data:`ABSURD_EXPONENT_LOW`, or a parameter that must stay positive (a prefactor:
+  its term would vanish) below :data:`LOWER_BOUND_TOL`; a floor parameter (``D_min``) may be 0;
+* the 5-95 % bootstrap interval of an exponent spans more than ``ci_decades`` decades (the data do
+  not determine it), or fewer than half of the bootstrap refits give a usable law (with at least
+  :data:`MIN_BOOT_OK` resamples). Prefactors are not judged by their interval: in ``(a / x)**alpha`` the
+  interval of ``log a`` is the term's own divided by ``alpha``, so it grows without bound as
+  ``alpha`` shrinks even when the term itself is well determined.
 """
 
 from __future__ import annotations
@@ -47,10 +60,68 @@ UPPER_BOUND = 60.0
 # marks the fit as degenerate.
 ABSURD_HIGH = 40.0
 ABSURD_EXPONENT_LOW = 1e-3
+# A non-floor parameter (a prefactor) below this (rescaled units) sits at the optimiser's lower
+# bound softplus(U_LOWER) ~ 2e-22: its term vanishes from the law.
+LOWER_BOUND_TOL = 1e-9
 # Percentiles of the bootstrap refits reported as ``_lo`` / ``_hi``.
 CI_PERCENTILES = (5.0, 95.0)
 # Fewer usable bootstrap refits than this leave the confidence interval NaN.
 MIN_BOOT_OK = 10
+
+
+@dataclass(frozen=True)
+class DegeneracyRules:
+    """When a converged fit is reported ``degenerate`` instead of ``ok`` (config
+    ``analysis.fits.degenerate``).
+
+    Attributes:
+        ci_decades: an exponent whose 5-95 % bootstrap interval spans more than this many
+            decades (``log10(hi / lo)``) is not determined by the data.
+        collapse_span: a term ``(a / x)**alpha`` whose factor changes by less than this in log
+            units over the data range of ``x`` (``alpha * ln(x_max / x_min) < collapse_span``;
+            0.2 = a change under 22 %) ...
+        d_min_fraction: ... while ``D_min`` is below this fraction of the smallest measured D,
+            stands in for the missing ``D_min``: the exponent has collapsed
+            (:func:`valuescale.analysis.data_efficiency.flag_degenerate`).
+        loss_factor: a fit whose loss exceeds this multiple of the median loss of the same law
+            over the thresholds (same agent, source, variant, scope) fits its data far worse than
+            the others (data-efficiency fits only; at least 3 thresholds) ...
+        loss_floor: ... with the median taken as at least this (0.0025: a 5 % rms log error, the
+            scatter that D measured at a finite evaluation interval has anyway), so that a set of
+            near-exact fits does not make an ordinary one an outlier.
+        min_effect: a term whose input changes the fitted D by less than this in log units over
+            the whole data range (σ from its smallest to its largest value at the largest N, N
+            likewise at the largest σ; 0.02 = 2 %) is absent from the data.
+    """
+
+    ci_decades: float = 2.0
+    collapse_span: float = 0.2
+    d_min_fraction: float = 0.01
+    loss_factor: float = 5.0
+    loss_floor: float = 0.0025
+    min_effect: float = 0.02
+
+    @classmethod
+    def from_settings(cls, spec: Mapping[str, object] | None) -> DegeneracyRules:
+        """Rules from a ``analysis.fits.degenerate`` mapping (missing keys: the defaults).
+
+        Raises:
+            ValueError: an unknown key or a non-positive value, naming it.
+        """
+        spec = dict(spec or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ValueError(
+                f"analysis.fits.degenerate: unknown key(s) {unknown}; known: {sorted(known)}"
+            )
+        values = {}
+        for key, value in spec.items():
+            number = float(value)  # type: ignore[arg-type]
+            if not number > 0:
+                raise ValueError(f"analysis.fits.degenerate.{key} must be > 0, got {value!r}")
+            values[key] = number
+        return cls(**values)
 
 
 class FitDataError(Exception):
@@ -200,6 +271,8 @@ class ScaledProblem(ABC):
 
     names: tuple[str, ...]
     exponents: tuple[int, ...] = ()
+    #: Indices of parameters that may legitimately reach 0 (a floor such as ``D_min``).
+    floor_params: tuple[int, ...] = ()
     log_y_offset: np.ndarray
 
     @abstractmethod
@@ -398,7 +471,36 @@ def _absurd_reason(problem: ScaledProblem, theta: np.ndarray) -> str:
     low = [problem.names[i] for i in problem.exponents if theta[i] < ABSURD_EXPONENT_LOW]
     if low:
         return f"exponent(s) {', '.join(low)} collapsed to ~0 (term not identified)"
+    skip = set(problem.exponents) | set(problem.floor_params)
+    at_bound = [
+        problem.names[i]
+        for i in range(problem.n_params)
+        if i not in skip and theta[i] < LOWER_BOUND_TOL
+    ]
+    if at_bound:
+        return f"parameter(s) {', '.join(at_bound)} at the lower bound (term vanishes)"
     return ""
+
+
+def _ci_reason(
+    problem: ScaledProblem, lo: Mapping[str, float], hi: Mapping[str, float], decades: float
+) -> str:
+    """Why the bootstrap intervals of the exponents leave them undetermined, or ``""``."""
+    wide = []
+    for i in problem.exponents:
+        name = problem.names[i]
+        low, high = float(lo.get(name, np.nan)), float(hi.get(name, np.nan))
+        if not (np.isfinite(low) and np.isfinite(high)) or low <= 0:
+            continue
+        span = float(np.log10(high / low))
+        if span > decades:
+            wide.append(f"{name} in [{low:.3g}, {high:.3g}] ({span:.1f} decades)")
+    if not wide:
+        return ""
+    return (
+        f"exponent not determined: 5-95 % bootstrap interval {'; '.join(wide)} "
+        f"spans more than {decades:g} decades"
+    )
 
 
 def _scaled_log_targets(problem: ScaledProblem, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -416,6 +518,7 @@ def fit_scaled(
     n_starts: int = 8,
     seed: int = 0,
     maxiter: int = 2000,
+    rules: DegeneracyRules | None = None,
 ) -> FitResult:
     """Fit ``problem`` to targets ``y`` (original units), optionally with bootstrap CIs.
 
@@ -432,6 +535,7 @@ def fit_scaled(
         n_starts: number of seeded starts (row 0 of ``problem.starts`` is deterministic).
         seed: seed of the random starts.
         maxiter: L-BFGS-B iteration limit.
+        rules: when a converged fit is ``degenerate`` (default :class:`DegeneracyRules`).
 
     Returns:
         A :class:`FitResult`; never raises for data problems.
@@ -484,7 +588,7 @@ def fit_scaled(
         result = failed_result(names, STATUS_FAILED, f"optimiser did not converge: {message}", n)
         result.params, result.loss = params, loss
         return result
-    return _finish(problem, params, loss, n, theta, y_boot)
+    return _finish(problem, params, loss, n, theta, y_boot, rules or DegeneracyRules())
 
 
 def _finish(
@@ -494,8 +598,9 @@ def _finish(
     n: int,
     theta: np.ndarray,
     y_boot: np.ndarray | None,
+    rules: DegeneracyRules,
 ) -> FitResult:
-    """Absurdity check and bootstrap confidence intervals around a converged fit."""
+    """Absurdity check, bootstrap confidence intervals and their check around a converged fit."""
     names = problem.names
     reason = _absurd_reason(problem, theta)
     if not reason:
@@ -528,12 +633,21 @@ def _finish(
             & np.array([not _absurd_reason(problem, t) for t in refit.theta])
         )
         result.n_boot_ok = int(good.sum())
+    # Most resamples of the data give no usable law: the fit is not stable.
+    unstable = n_boot >= MIN_BOOT_OK and result.n_boot_ok < 0.5 * n_boot
     if result.n_boot_ok < MIN_BOOT_OK:
         result.reason = f"only {result.n_boot_ok} of {n_boot} bootstrap refits usable: no CI"
+        if unstable:
+            result.status = STATUS_DEGENERATE
         return result
     lo, hi = np.percentile(boot_params[good], CI_PERCENTILES, axis=0)
     result.lo = dict(zip(names, lo.tolist(), strict=True))
     result.hi = dict(zip(names, hi.tolist(), strict=True))
+    reason = _ci_reason(problem, result.lo, result.hi, rules.ci_decades)
+    if not reason and unstable:
+        reason = f"only {result.n_boot_ok} of {n_boot} bootstrap refits usable (under half)"
+    if reason:
+        result.status, result.reason = STATUS_DEGENERATE, reason
     return result
 
 

@@ -245,16 +245,34 @@ def batch_size_rule(
 
 
 def _law_row(fits: pd.DataFrame, threshold_idx: int | None) -> tuple[pd.Series | None, str]:
-    """The fit row driving an env's proposal: the given threshold, or the highest usable one."""
+    """The fit row driving an env's proposal: the given threshold, or the highest usable one.
+
+    Degenerate fits are never used; the second value names those skipped (the requested
+    threshold's, or those above the chosen one), or why there is no row.
+    """
     ok = fits[fits["status"] == "ok"]
+    degenerate = fits[fits["status"] == "degenerate"]
     if threshold_idx is not None:
         sel = ok[ok["threshold_idx"] == threshold_idx]
+        skipped = degenerate[degenerate["threshold_idx"] == threshold_idx]
         if sel.empty:
-            return None, f"no usable fit at threshold_idx {threshold_idx}"
+            return None, f"no usable fit at threshold_idx {threshold_idx}" + _skipped_text(skipped)
         return sel.iloc[0], ""
     if ok.empty:
-        return None, "no usable fit at any threshold"
-    return ok.sort_values("threshold_idx").iloc[-1], ""
+        return None, "no usable fit at any threshold" + _skipped_text(degenerate)
+    row = ok.sort_values("threshold_idx").iloc[-1]
+    skipped = degenerate[degenerate["threshold_idx"] > row["threshold_idx"]]
+    return row, _skipped_text(skipped).lstrip("; ")
+
+
+def _skipped_text(degenerate: pd.DataFrame) -> str:
+    """``"; degenerate fit(s) skipped at threshold(s) #i (reason)"`` or ``""``."""
+    if degenerate.empty:
+        return ""
+    which = ", ".join(
+        f"#{int(r.threshold_idx)} ({r.reason})" for r in degenerate.itertuples(index=False)
+    )
+    return f"; degenerate fit(s) skipped at threshold(s) {which}"
 
 
 def default_budgets(
@@ -315,6 +333,8 @@ def propose_runs(
             if law_row is not None:
                 break
         base = {"env": env, "agent": agent, "source": source, "variant": variant}
+        if why:
+            log.warning("proposal %s / %s (%s, %s): %s", env, agent, source, variant, why)
         if law_row is None:
             rows.append({**base, "status": "failed", "reason": why})
             continue
@@ -341,6 +361,8 @@ def propose_runs(
             row = _one_proposal(
                 base, law, float(budget), d, k, lines, rule, rule_text, critic_depth, n_quantiles
             )
+            if why and row.get("status") == "ok":  # say which higher thresholds were skipped
+                row["reason"] = "; ".join(r for r in (row.get("reason"), why) if r)
             rows.append(_check_range(row, ranges))
     return pd.DataFrame(rows, columns=PROPOSAL_COLUMNS)
 
@@ -431,6 +453,8 @@ def proposal_yaml(proposals: pd.DataFrame, header: Sequence[str] = ()) -> str:
             f"(W = {row.width:.1f}), B = {row.batch_size:.1f} [{row.batch_rule}], "
             f"D = {row.D:.4g}, C = {row.compute:.3g} [{row.method}]"
         )
+        if isinstance(row.reason, str) and row.reason:
+            comment += f"\n  # note: {row.reason}"
         block = {
             "envs": [str(row.env)],
             "agents": [str(row.agent)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
@@ -31,7 +32,17 @@ from valuescale.plots.laws import VARIANT_LABELS, _variants_setting
 
 BUDGET_OPTIMAL = TableSpec(
     required=("scope", "budget", "utd", "critic_params", "D", "compute", "status"),
-    optional=("agent", "source", "variant", "threshold_idx", "threshold", "delta"),
+    optional=(
+        "agent",
+        "source",
+        "variant",
+        "threshold_idx",
+        "threshold",
+        "delta",
+        "reason",
+        "utd_derived",
+        "critic_params_derived",
+    ),
     numeric=(
         "budget",
         "utd",
@@ -41,14 +52,40 @@ BUDGET_OPTIMAL = TableSpec(
         "threshold_idx",
         "threshold",
         "delta",
+        "utd_derived",
+        "critic_params_derived",
     ),
 )
 BUDGET_FITS = TableSpec(
     required=("scope", "quantity", "slope", "intercept", "r2"),
-    optional=("agent", "source", "variant", "n_fit", "n_heldout", "status"),
-    numeric=("slope", "intercept", "r2", "n_fit", "n_heldout"),
+    optional=(
+        "agent",
+        "source",
+        "variant",
+        "n_fit",
+        "n_heldout",
+        "status",
+        "method",
+        "slope_direct",
+        "intercept_direct",
+        "r2_direct",
+    ),
+    numeric=(
+        "slope",
+        "intercept",
+        "r2",
+        "n_fit",
+        "n_heldout",
+        "slope_direct",
+        "intercept_direct",
+        "r2_direct",
+    ),
 )
 N_HELDOUT = 5
+# Column of budget_optimal with the σ*, N* derived from each point's law at the fitted D*(F).
+DERIVED = {"sigma": "utd_derived", "N": "critic_params_derived"}
+DIRECT_COLOUR = "0.55"
+SKIPPED_COLOUR = "#8b1a1a"
 # (quantity in budget_fits, column in budget_optimal, axis label, tick format)
 QUANTITIES = (
     ("D", "D", "D*: env steps", human),
@@ -178,10 +215,38 @@ def _finish(
         )
 
 
+def _derived_curve(
+    ax: Axes, points: pd.DataFrame, column: str, n_fit: int, r2: float, limits: tuple
+) -> bool:
+    """σ̂*, N̂* derived from each point's law at the fitted D*(F): solid over the fitted budgets,
+    dashed over the held-out ones. False when the points carry no derived values."""
+    if column not in points:
+        return False
+    data = points.sort_values("budget")
+    budget = data["budget"].to_numpy(float)
+    y = data[column].to_numpy(float)
+    ok = np.isfinite(budget) & np.isfinite(y) & (y > 0) & (budget > 0)
+    if ok.sum() < 2:
+        return False
+    budget, y = budget[ok], np.clip(y[ok], *limits)
+    label = f"law at fitted D*: R²={r2:.2f}" if np.isfinite(r2) else "law at fitted D*"
+    k = max(1, min(n_fit, len(budget)))
+    ax.plot(budget[:k], y[:k], color=FIT_COLOUR, lw=1.2, label=label)
+    ax.plot(budget[k - 1 :], y[k - 1 :], color=FIT_COLOUR, lw=1.2, ls="--")
+    return True
+
+
 def _draw(
-    ax: Axes, points: pd.DataFrame, line: pd.Series | None, column: str, label: str, fmt: object
+    ax: Axes,
+    points: pd.DataFrame,
+    line: pd.Series | None,
+    column: str,
+    label: str,
+    fmt: object,
+    quantity: str = "",
 ) -> None:
-    """One scope: its points, its fitted line, slope and R² in the legend."""
+    """One scope: its points, its fitted line (D*, C*) or the σ*, N* derived from the laws at
+    the fitted D* with the direct regression as a dotted diagnostic; slope and R² in the legend."""
     budget, y, fitted, n_fit = _split(
         points["budget"].to_numpy(float), points[column].to_numpy(float), line
     )
@@ -190,11 +255,46 @@ def _draw(
     xlim = padded_log_range(budget, 1.3)
     if line is not None:
         r2 = float(line["r2"])
-        text = f"slope {line['slope']:.2f}, R²={r2:.2f}" if np.isfinite(r2) else None
-        _fit_line(ax, line, budget, n_fit, xlim, FIT_COLOUR, text)
-        if text:
-            ax.legend(loc="best", handlelength=1.2, borderaxespad=0.2)
+        derived = (
+            quantity in DERIVED
+            and str(line.get("method", "")) == "derived"
+            and _derived_curve(ax, points, DERIVED[quantity], n_fit, r2, limits)
+        )
+        if derived:
+            direct = line.get("r2_direct", np.nan)
+            if np.isfinite(line.get("slope_direct", np.nan)):
+                xs = np.geomspace(*xlim, 40)
+                ys = 10 ** (line["intercept_direct"] + line["slope_direct"] * np.log10(xs))
+                ax.plot(
+                    xs,
+                    ys,
+                    color=DIRECT_COLOUR,
+                    lw=0.9,
+                    ls=":",
+                    label=f"direct fit (diagnostic): R²={direct:.2f}",
+                )
+        else:
+            text = f"slope {line['slope']:.2f}, R²={r2:.2f}" if np.isfinite(r2) else None
+            _fit_line(ax, line, budget, n_fit, xlim, FIT_COLOUR, text)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", handlelength=1.2, borderaxespad=0.2, fontsize=6)
     _finish(ax, xlim, limits, label, fmt, off)
+
+
+def _skipped_text(skipped: pd.DataFrame, key: Mapping[str, object]) -> str:
+    """``"degenerate fits skipped: J #18, #19"`` for the skipped rows matching ``key``."""
+    if skipped is None or skipped.empty:
+        return ""
+    sel = skipped
+    for column, value in key.items():
+        if column in sel and value is not None:
+            sel = sel[sel[column].astype(str) == str(value)]
+    if sel.empty:
+        return ""
+    if "threshold_idx" in sel and sel["threshold_idx"].notna().all():
+        which = ", ".join(f"#{int(i)}" for i in sorted(sel["threshold_idx"]))
+        return f"degenerate fit{'s' if len(sel) > 1 else ''} skipped: J {which}"
+    return f"{len(sel)} degenerate fit(s) skipped"
 
 
 def _draw_overlay(
@@ -290,10 +390,11 @@ def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     points = tables.get("budget_optimal", BUDGET_OPTIMAL)
     if points is None:
         raise NoData(f"no budget-optimal table ({tables.path('budget_optimal')})")
-    points = points[points["status"].astype(str) == "ok"]
     variants = _variants_setting(settings)
     if "variant" in points:
         points = points[points["variant"].astype(str).isin(variants)]
+    skipped = points[points["status"].astype(str) == "skipped"]
+    points = points[points["status"].astype(str) == "ok"]
     if points.empty:
         raise NoData("no budget-optimal point with status ok")
     fits = tables.get("budget_fits", BUDGET_FITS)
@@ -309,7 +410,7 @@ def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
                 if np.isfinite(data[column].to_numpy(float)).sum() == 0:
                     empty_panel(ax, f"no finite {column}")
                     continue
-                _draw(ax, data, _line(fits, key, quantity), column, label, fmt)
+                _draw(ax, data, _line(fits, key, quantity), column, label, fmt, quantity)
             title = panel_title(
                 key["scope"],
                 key.get("agent"),
@@ -322,6 +423,28 @@ def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
             title = panel_title(f"{len(scopes)} envs{where}", key.get("agent"), str(variant))
             data = pd.concat([d for _, d in scopes])
         row_axes[0].set_title(title, loc="left")
+        skip_text = (
+            _skipped_text(skipped, key)
+            if len(scopes) == 1
+            else "; ".join(
+                f"{k['scope']}: {t.split(': ', 1)[1]}"
+                for k, _ in scopes
+                if (t := _skipped_text(skipped, k))
+            )
+        )
+        if skip_text:
+            row_axes[0].text(
+                0.02,
+                0.97,
+                "\n".join(textwrap.wrap(skip_text + " (not allocated)", 40)),
+                transform=row_axes[0].transAxes,
+                ha="left",
+                va="top",
+                fontsize=6,
+                color=SKIPPED_COLOUR,
+                bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": SKIPPED_COLOUR},
+                zorder=6,
+            )
         if "delta" in data and data["delta"].nunique() == 1:
             delta = f"δ = {sci(float(data['delta'].iloc[0]))} FLOPs per env step"
             row_axes[1].set_title(delta, loc="left")
@@ -336,9 +459,10 @@ def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
             mec=HELDOUT_COLOUR,
             label=f"held out (top {N_HELDOUT})",
         ),
-        Line2D([], [], color=FIT_COLOUR, label="log-log fit"),
+        Line2D([], [], color=FIT_COLOUR, label="log-log fit (D*, C*); σ*, N* from the law"),
         Line2D([], [], color=FIT_COLOUR, ls="--", label="extrapolation"),
+        Line2D([], [], color=DIRECT_COLOUR, ls=":", label="direct σ*, N* fit (diagnostic)"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=4)
+    fig.legend(handles=handles, loc="outside lower center", ncols=5)
     fig.suptitle("Budget-optimal allocation vs budget F = C_J + δ·D_J (one point per threshold J)")
     return fig

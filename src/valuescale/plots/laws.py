@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ CROSSINGS = TableSpec(
 )
 FITS = TableSpec(
     required=("scope", "variant", "threshold_idx", *DE_PARAMS, "status"),
-    optional=("agent", "source", "threshold", "group", "envs"),
+    optional=("agent", "source", "threshold", "group", "envs", "reason"),
     numeric=("threshold_idx", "threshold", *DE_PARAMS),
 )
 COMPUTE_OPTIMAL = TableSpec(
@@ -125,6 +126,110 @@ def select_fits(
     order = {v: i for i, v in enumerate(variants)}
     df = df.assign(_order=df["variant"].map(order))
     return df.sort_values(["_order", *keys[1:]]).drop(columns="_order").reset_index(drop=True)
+
+
+#: Short names of the degeneracy rules, found in a fit's reason (for panel titles).
+DEGENERACY_KINDS: tuple[tuple[str, str], ...] = (
+    ("collapsed", "collapsed exponent"),
+    ("absent", "term absent"),
+    ("bootstrap interval", "exponent undetermined"),
+    ("x the median", "loss outlier"),
+    ("bound", "parameter at a bound"),
+    ("absurd", "parameter at a bound"),
+    ("bootstrap refits usable", "unstable under bootstrap"),
+)
+
+
+def degeneracy_kind(reason: object) -> str:
+    """The short name of the rule that made a fit degenerate (from its reason)."""
+    text = str(reason or "")
+    for key, label in DEGENERACY_KINDS:
+        if key in text:
+            return label
+    return "degenerate"
+
+
+def degenerate_title(fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None) -> str:
+    """One title line naming the degenerate fits a panel does not draw, by rule, or ``""``
+    (the same fits as :func:`degenerate_note`)."""
+    same = _degenerate_rows(fits, fit, threshold_idx)
+    if same.empty:
+        return ""
+    kinds: dict[str, list[str]] = {}
+    for row in same.itertuples(index=False):
+        kinds.setdefault(degeneracy_kind(getattr(row, "reason", "")), []).append(
+            f"#{int(row.threshold_idx)}"
+        )
+    parts = [f"{kind} {','.join(which)}" for kind, which in kinds.items()]
+    return "not drawn, degenerate: " + "; ".join(parts)
+
+
+def _degenerate_rows(fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None) -> pd.DataFrame:
+    if "status" not in fits:
+        return fits.iloc[0:0]
+    same = fits[
+        _matches(fits, fit, ("variant", "agent", "source", "scope"))
+        & (fits["status"].astype(str) == "degenerate")
+    ]
+    if threshold_idx is not None:
+        same = same[same["threshold_idx"] == threshold_idx]
+    elif "threshold_idx" in fit.index and pd.notna(fit["threshold_idx"]):
+        same = same[same["threshold_idx"] > fit["threshold_idx"]]
+    return same.sort_values("threshold_idx")
+
+
+def degenerate_note(
+    fits: pd.DataFrame, fit: pd.Series, threshold_idx: int | None, width: int = 46
+) -> str:
+    """A panel note naming the degenerate fits of ``fit``'s law that the panel does not draw.
+
+    Those of the same (variant, agent, source, scope) at the requested ``threshold_idx``, or,
+    when the panel shows the highest usable threshold, at thresholds above it; ``""`` if none.
+    The last such fit's reason is quoted (wrapped to ``width`` characters, 3 lines at most).
+    """
+    same = _degenerate_rows(fits, fit, threshold_idx)
+    if same.empty:
+        return ""
+    which = ", ".join(f"#{int(i)}" for i in same["threshold_idx"])
+    reason = str(same["reason"].iloc[-1]) if "reason" in same else ""
+    lines = textwrap.wrap(f"why (#{int(same['threshold_idx'].iloc[-1])}): {reason}", width)
+    if len(lines) > 3:
+        lines = [*lines[:2], lines[2][: width - 1] + "…"]
+    return "\n".join([f"degenerate fit, not drawn: J {which}", *lines])
+
+
+def degenerate_scopes(
+    fits: pd.DataFrame, variants: Sequence[str], threshold_idx: int | None, chosen: pd.DataFrame
+) -> pd.DataFrame:
+    """One degenerate row per (variant, agent, source, scope) that has no usable fit in
+    ``chosen`` (every fit of that scope, or the one at ``threshold_idx``, is degenerate)."""
+    df = fits[fits["variant"].isin(list(variants)) & (fits["status"].astype(str) == "degenerate")]
+    if threshold_idx is not None:
+        df = df[df["threshold_idx"] == threshold_idx]
+    keys = [c for c in ("variant", "agent", "source", "scope") if c in df]
+    if df.empty:
+        return df
+    drawn = set(map(tuple, chosen[keys].astype(str).to_numpy())) if len(chosen) else set()
+    df = df.sort_values("threshold_idx").drop_duplicates(keys, keep="last")
+    mask = [tuple(map(str, r)) not in drawn for r in df[keys].to_numpy()]
+    return df[mask].reset_index(drop=True)
+
+
+def _degenerate_panel(ax: Axes, fit: pd.Series, fits: pd.DataFrame, source: object) -> None:
+    """An empty panel for a scope whose fits are all degenerate, saying why."""
+    empty_panel(ax, "")
+    ax.texts[-1].remove()
+    below_all = fit.copy()
+    below_all["threshold_idx"] = -1  # every degenerate threshold of the scope
+    text = degenerate_note(fits, below_all, None, width=40)
+    ax.text(
+        0.5, 0.5, text, ha="center", va="center", fontsize=6.5, color="0.25", transform=ax.transAxes
+    )
+    ax.set_title(
+        f"{panel_title(fit['scope'], fit.get('agent'), source=source)}\n"
+        f"{VARIANT_LABELS.get(fit['variant'], fit['variant'])}: no usable fit",
+        fontsize=8,
+    )
 
 
 def _matches(df: pd.DataFrame, row: pd.Series, columns: Sequence[str]) -> pd.Series:
@@ -217,6 +322,8 @@ class _ScalingPanel:
     optima: pd.DataFrame
     levels: np.ndarray
     source: object = None
+    skipped: str = ""
+    degenerate: bool = False
 
 
 def _optima(compute_optimal: pd.DataFrame | None, fit: pd.Series) -> pd.DataFrame:
@@ -282,6 +389,7 @@ def _label_positions(
 
 def _draw_scaling(ax: Axes, panel: _ScalingPanel, scale: ColourScale) -> None:
     fit, points, optima = panel.fit, panel.points, panel.optima
+
     utd = points["utd"].to_numpy(float)
     n = points["critic_params"].to_numpy(float)
     d = points["D"].to_numpy(float)
@@ -364,7 +472,8 @@ def _draw_scaling(ax: Axes, panel: _ScalingPanel, scale: ColourScale) -> None:
             f"\n({hidden} compute-optimal point{'s' if hidden > 1 else ''} off-axis)"
             if hidden
             else ""
-        ),
+        )
+        + (f"\n{panel.skipped}" if panel.skipped else ""),
         fontsize=8,
     )
 
@@ -401,8 +510,11 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     fits = tables.get("fits_data_efficiency", FITS)
     if fits is None:
         raise NoData(f"no data-efficiency fits ({tables.path('fits_data_efficiency')})")
-    chosen = select_fits(fits, _variants_setting(settings), _threshold_setting(settings))
-    if chosen.empty:
+    variants = _variants_setting(settings)
+    threshold_idx = _threshold_setting(settings)
+    chosen = select_fits(fits, variants, threshold_idx)
+    lost = degenerate_scopes(fits, variants, threshold_idx, chosen)
+    if chosen.empty and lost.empty:
         raise NoData("no data-efficiency fit with status ok")
     points = _load_points(tables, settings)
     compute_optimal = tables.get("compute_optimal", COMPUTE_OPTIMAL)
@@ -412,15 +524,30 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
         if np.isfinite(pts["D"].to_numpy(float)).sum() == 0:
             continue
         optima = _optima(compute_optimal, fit)
-        panels.append(_ScalingPanel(fit, pts, optima, _levels(pts, optima), _source(fit, chosen)))
-    if not panels:
+        skipped = "\n".join(textwrap.wrap(degenerate_title(fits, fit, threshold_idx), 42))
+        panels.append(
+            _ScalingPanel(
+                fit, pts, optima, _levels(pts, optima), _source(fit, chosen), skipped=skipped
+            )
+        )
+    for _, fit in lost.iterrows():
+        panels.append(
+            _ScalingPanel(fit, pd.DataFrame(), pd.DataFrame(), np.array([]), degenerate=True)
+        )
+    drawn = [p for p in panels if not p.degenerate]
+    if not drawn and not panels:
         raise NoData("no measured D_J for any ok fit")
-    all_d = np.concatenate(
-        [p.points["D"].to_numpy(float) for p in panels] + [p.levels for p in panels]
+    all_d = (
+        np.concatenate([p.points["D"].to_numpy(float) for p in drawn] + [p.levels for p in drawn])
+        if drawn
+        else np.array([1.0, 10.0])
     )
     scale = data_scale(all_d)
     fig, axes = panel_grid(len(panels), 4, 2.9, extra_height=1.0)
     for ax, panel in zip(axes, panels, strict=True):
+        if panel.degenerate:
+            _degenerate_panel(ax, panel.fit, fits, _source(panel.fit, fits))
+            continue
         _draw_scaling(ax, panel, scale)
     scale.colorbar(fig, axes, shrink=min(0.6, 5.0 / fig.get_figheight()))
     _scaling_legend(fig)
@@ -510,8 +637,10 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
     fits = tables.get("fits_data_efficiency", FITS)
     if fits is None:
         raise NoData(f"no data-efficiency fits ({tables.path('fits_data_efficiency')})")
-    chosen = select_fits(fits, ("per_env",), _threshold_setting(settings))
-    if chosen.empty:
+    threshold_idx = _threshold_setting(settings)
+    chosen = select_fits(fits, ("per_env",), threshold_idx)
+    lost = degenerate_scopes(fits, ("per_env",), threshold_idx, chosen)
+    if chosen.empty and lost.empty:
         raise NoData("no per-env data-efficiency fit with status ok")
     points = _load_points(tables, settings)
     pairs = []
@@ -519,12 +648,20 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
         pts = fit_points(points, fit)
         if np.isfinite(pts["D"].to_numpy(float)).sum():
             pairs.append((fit, pts))
-    if not pairs:
+    if not pairs and lost.empty:
         raise NoData("no measured D_J for any ok per-env fit")
-    all_pts = pd.concat([p for _, p in pairs])
+    all_pts = (
+        pd.concat([p for _, p in pairs])
+        if pairs
+        else pd.DataFrame({"critic_params": [1e6, 1e7], "utd": [1.0, 2.0]})
+    )
     n_scale = params_scale(all_pts["critic_params"].to_numpy(float))
     u_scale = utd_scale(all_pts["utd"].to_numpy(float))
-    fig, axes = panel_grid(2 * len(pairs), 4, 2.35, extra_height=1.4)
+    fig, axes = panel_grid(2 * (len(pairs) + len(lost)), 4, 2.35, extra_height=1.4)
+    for j, (_, fit) in enumerate(lost.iterrows()):
+        left, right = axes[2 * (len(pairs) + j)], axes[2 * (len(pairs) + j) + 1]
+        _degenerate_panel(left, fit, fits, _source(fit, fits))
+        empty_panel(right, "degenerate fits are not drawn")
     for i, (fit, pts) in enumerate(pairs):
         left, right = axes[2 * i], axes[2 * i + 1]
         if pts["utd"].nunique() < 1:
@@ -538,6 +675,11 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
         j = fit.get("threshold")
         j_text = f", J={j:.0f}" if j is not None and np.isfinite(j) else ""
         left.set_title(f"{title}\nD_J vs σ{j_text}", fontsize=8)
+        skipped = degenerate_title(fits, fit, threshold_idx)
+        if skipped:
+            left.set_title(
+                left.get_title() + "\n" + "\n".join(textwrap.wrap(skipped, 44)), fontsize=8
+            )
         right.set_title(f"{title}\nD_J vs N: {_fit_text(fit).replace(chr(10), ', ')}", fontsize=8)
     n_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
     u_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)

@@ -73,6 +73,9 @@ def test_registered_agent_follows_the_protocol(name: str) -> None:
     batch = replay_sample(replay, jax.random.key(1), 4)
     for flags in ({}, {"passive_critic": True} if "passive_critic" in names else {}):
         cfg = cls(critic_width=8, batch_size=4, **flags)
+        bind = getattr(agent, "bind", None)  # optional: the run's facts into the config
+        if bind is not None:
+            cfg = bind(cfg, TrainConfig("cartpole-balance", agent=name, agent_config=cfg))
 
         def init(key, cfg=cfg):
             return agent.init(key, obs_dim, act_dim, cfg)

@@ -488,7 +488,9 @@ class _Run:
                 self.host.observe(raw["obs"])
             n = self._updates_after(self.t)
             stats = self.host.device()
-            self.carry = self.dev.fused(self.carry, packed, n, self._policy(self.t + 1), stats)
+            # the next action is for the agent step that starts at simulator step t + repeat
+            policy = self._policy(self.t + self.repeat)
+            self.carry = self.dev.fused(self.carry, packed, n, policy, stats)
             self.t += self.repeat
             self.grad_steps += n
             t = self.t

@@ -71,7 +71,7 @@ def train(
     from valuescale.envs import make_env
     from valuescale.replay import replay_init, replay_insert
 
-    lrs = {} if lr is None else {"critic_lr": lr, "actor_lr": lr, "temperature_lr": lr}
+    lrs = {} if lr is None else {"lr": lr, "temperature_lr": lr}
     cfg = sv.SimbaV2Config(
         critic_width=critic_width,
         batch_size=batch_size,
@@ -134,7 +134,7 @@ def train(
         "utd": utd,
         "critic_width": critic_width,
         "batch_size": batch_size,
-        "lr": cfg.critic_lr,
+        "lr": cfg.critic_learning_rate,
         "curve": curve,
         "train_episode_returns": episode_returns,
         "random_return": random_return,

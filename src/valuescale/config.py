@@ -211,7 +211,7 @@ class TrainConfig:
             )
         if self._debug_nan_reward is not None:
             seed, step = self._debug_nan_reward
-            if seed not in self.seeds or not _is_int(step):
+            if seed not in self.seeds or not _is_int(step) or step % repeat:
                 raise ConfigError("_debug_nan_reward", f"bad (seed, step) {self._debug_nan_reward}")
         try:
             from valuescale.envs import check_env_name

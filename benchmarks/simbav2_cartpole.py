@@ -16,6 +16,16 @@ B 128, one update per agent step)::
     # 428, 392, 419, 351, 354, 507, 925; uniform random actions 337; 17 min wall
     # (with the published lr 1e-4: 428 at 0 and 429 at 4k agent steps; with lr 1e-3 and two
     # updates per agent step: 268 at 4k -- 4k agent steps are too few for this agent here)
+
+The same run through the engine (``--agent simbav2``: action repeat, host statistics, lr decay
+from ``bind``; other random streams), measured 2026-12-06 on the shared CPU at nice 15::
+
+    python -m valuescale.train --env cartpole-balance --agent simbav2 --seeds 0 --utd 1 \
+        --steps 30000 --warmup-steps 2000 --eval-interval 5000 --eval-episodes 3 \
+        --replay-size 30000 --width 128 --batch-size 128 --lr 3e-4 --temperature-lr 3e-4 \
+        --checkpoint-every 0 --threads 1 --out /tmp/sw_learn
+    # eval return at 5k / 10k / 15k / 20k / 25k / 30k simulator steps: 242, 386, 362, 752, 889,
+    # 995; 14,000 updates; 555 s wall (54 simulator steps/s)
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ def train(
     from valuescale.envs import make_env
     from valuescale.replay import replay_init, replay_insert
 
-    lrs = {} if lr is None else {"critic_lr": lr, "actor_lr": lr, "temperature_lr": lr}
+    lrs = {} if lr is None else {"lr": lr, "temperature_lr": lr}
     cfg = sv.SimbaV2Config(
         critic_width=critic_width,
         batch_size=batch_size,
@@ -134,7 +144,7 @@ def train(
         "utd": utd,
         "critic_width": critic_width,
         "batch_size": batch_size,
-        "lr": cfg.critic_lr,
+        "lr": cfg.critic_learning_rate,
         "curve": curve,
         "train_episode_returns": episode_returns,
         "random_return": random_return,

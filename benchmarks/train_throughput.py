@@ -1,8 +1,10 @@
-"""Throughput of the BRO update (and optionally of the full training loop) on this machine.
+"""Throughput of an agent's update (and optionally of the full training loop) on this machine.
 
 Prints, for each (seeds, critic width, batch size) cell, the updates/s of the jitted, seed-vmapped
-``bro.update_n`` (cheetah-run dimensions: obs 17, act 6; passive critic off), the achieved
-dense-layer GFLOP/s (analytic count, see ``valuescale.flops``), the same as a fraction of a
+``update_n`` of ``--agent`` (default bro; cheetah-run dimensions: obs 17, act 6; passive critic
+off), the achieved GFLOP/s (BRO: the analytic dense-layer count, see ``valuescale.flops``; an
+agent without one, such as simbav2: XLA's cost analysis of the compiled call), the same as a
+fraction of a
 2048^3 float32 matmul measured in the same run, and for one seed the ratio to the authors' BRO
 implementation measured on this box (anchor table below). With several seed counts it also prints
 the cost of S vmapped seeds relative to one seed. ``--train-loop`` adds env steps/s of a full
@@ -19,6 +21,7 @@ Examples::
     python benchmarks/train_throughput.py --quick
     python benchmarks/train_throughput.py --widths 64,256 --batches 64 --seeds 1
     python benchmarks/train_throughput.py --json benchmarks/out/throughput.json
+    python benchmarks/train_throughput.py --agent simbav2 --quick
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--agent", default="bro", help="agent whose update_n is timed (bro, simbav2)")
     p.add_argument("--widths", default="64,256,512,1024", help="critic widths W")
     p.add_argument("--batches", default="64,256,1024", help="batch sizes B")
     p.add_argument("--seeds", default="1,5", help="numbers of vmapped seeds S")
@@ -187,26 +191,32 @@ def bench_update(
     """Time the jitted, seed-vmapped update_n of one cell."""
     import jax
 
-    from valuescale.agents import bro
+    from valuescale.agents import config_class, get_agent
+    from valuescale.config import TrainConfig
     from valuescale.flops import update_flops
     from valuescale.replay import stack_seeds
 
-    cfg = bro.BROConfig(
+    agent = get_agent(args.agent)
+    cfg = config_class(args.agent)(
         critic_width=width,
         batch_size=batch,
         passive_critic=args.passive_critic,
         passive_critic_width=width,
     )
-    states = bro.init_seeds(jax.random.split(jax.random.key(0), n_seeds), OBS_DIM, ACT_DIM, cfg)
+    if hasattr(agent, "bind"):  # run facts (SimbaV2: critic heads, lr decay length)
+        cfg = agent.bind(cfg, TrainConfig("cheetah-run", agent=args.agent, agent_config=cfg))
+    keys = jax.random.split(jax.random.key(0), n_seeds)
+    states = agent.init_seeds(keys, OBS_DIM, ACT_DIM, cfg)
     replays = stack_seeds([_random_replay(max(10_000, batch), s) for s in range(n_seeds)])
 
     def step(state, replay):
-        return bro.update_n(state, replay, cfg, n)
+        return agent.update_n(state, replay, cfg, n)
 
     fn = jax.jit(jax.vmap(step), donate_argnums=0)
     result: dict[str, float] = {}
     t0 = time.perf_counter()
-    if args.xla_cost:
+    analytic = args.agent == "bro"  # valuescale.flops counts BRO's networks only
+    if args.xla_cost or not analytic:
         compiled = fn.lower(states, replays).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -224,7 +234,11 @@ def bench_update(
     per_call = timer.time_calls(call, args.min_time, args.repeats)
     result["foreign_cpu_share"] = max(timer.foreign[n_foreign:])
     sec_per_update = statistics.median(per_call) / n
-    flops = update_flops(OBS_DIM, ACT_DIM, cfg) * n_seeds
+    if analytic:
+        flops = update_flops(OBS_DIM, ACT_DIM, cfg) * n_seeds
+    else:  # XLA counts the update loop's body once: one update of every seed (for BRO it is
+        # 1.09x the analytic count at W 64, B 64)
+        flops = result.pop("xla_flops_per_call")
     result.update(
         seeds=n_seeds,
         width=width,
@@ -235,12 +249,12 @@ def bench_update(
         seed_updates_per_s=n_seeds / sec_per_update,
         gflops=flops / sec_per_update / 1e9,
         flops_per_update=float(flops),
-        critic_params=bro.critic_param_count(jax.tree.map(lambda x: x[0], holder["states"])),
+        critic_params=agent.critic_param_count(jax.tree.map(lambda x: x[0], holder["states"])),
     )
     return result
 
 
-def _run_loop(width: int, batch: int, steps: int) -> float:
+def _run_loop(agent: str, width: int, batch: int, steps: int) -> float:
     """Wall seconds of one run_training call on cheetah-run (UTD 1, one seed)."""
     from valuescale.config import TrainConfig
     from valuescale.train import run_training
@@ -248,6 +262,7 @@ def _run_loop(width: int, batch: int, steps: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
             env="cheetah-run",
+            agent=agent,
             seeds=(0,),
             utd=1.0,
             steps=steps,
@@ -265,16 +280,17 @@ def _run_loop(width: int, batch: int, steps: int) -> float:
         return time.perf_counter() - t0
 
 
-def bench_train_loop(width: int, batch: int, steps: int) -> dict[str, float]:
+def bench_train_loop(agent: str, width: int, batch: int, steps: int) -> dict[str, float]:
     """Steady-state env steps/s of run_training (cheetah-run, UTD 1, one seed).
 
     Two runs of ``steps // 2`` and ``steps`` env steps share compilation, warm-up (1000 random
     steps) and the final evaluation episode; the difference of their wall times divided by the
-    difference of their steps is the training loop's steady-state rate.
+    difference of their steps is the training loop's steady-state rate (env steps: simulator
+    steps, 2 per agent step for SimbaV2).
     """
-    short, long = steps // 2, steps
-    wall_short = _run_loop(width, batch, short)
-    wall_long = _run_loop(width, batch, long)
+    short, long = steps // 2 // 2 * 2, steps // 2 * 2  # multiples of SimbaV2's action repeat
+    wall_short = _run_loop(agent, width, batch, short)
+    wall_long = _run_loop(agent, width, batch, long)
     return {
         "width": width,
         "batch_size": batch,
@@ -330,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         for width in widths:
             for batch in batches:
                 r = bench_update(width, batch, n_seeds, args.updates_per_call, args, timer)
-                anchor = ANCHOR.get((width, batch)) if n_seeds == 1 else None
+                anchor = (
+                    ANCHOR.get((width, batch)) if n_seeds == 1 and args.agent == "bro" else None
+                )
                 r["anchor_updates_per_s"] = anchor
                 r["ratio_to_anchor"] = r["updates_per_s"] / anchor if anchor else None
                 r["fraction_of_matmul"] = r["gflops"] / matmul
@@ -361,12 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     loop = None
     if args.train_loop:
         try:
-            loop = bench_train_loop(widths[0], batches[0], args.train_steps)
+            loop = bench_train_loop(args.agent, widths[0], batches[0], args.train_steps)
         except ImportError as e:
             print(f"\ntrain loop skipped: {e}")
         else:
             print(
-                f"\nrun_training cheetah-run W={loop['width']} B={loop['batch_size']} UTD 1: "
+                f"\nrun_training {args.agent} cheetah-run W={loop['width']} B={loop['batch_size']} UTD 1: "
                 f"{loop['env_steps_per_s']:.1f} env steps/s steady state "
                 f"({loop['env_steps_per_s_whole_run']:.1f} over a whole {loop['steps'][1]}-step "
                 "run incl. compilation, warm-up and evaluation)"
@@ -390,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": os.getloadavg(),
             "matmul_gflops": matmul,
             "matmul_foreign_cpu_share": max(timer.foreign[: args.repeats]),
+            "agent": args.agent,
             "updates_per_call": args.updates_per_call,
             "passive_critic": args.passive_critic,
             "rows": rows,

@@ -40,7 +40,7 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         (["--seeds", "a,b"], "--seeds", "comma-separated"),
         (["--seeds", "1,1"], "--seeds", "distinct"),
         (["--batch-size", "512", "--replay-size", "100"], "--replay-size", "batch_size"),
-        (["--agent", "simbav2"], "--agent", "reserved"),
+        (["--agent", "simbav2", "--steps", "1001"], "--steps", "multiple of action_repeat"),
         (["--agent", "dqn"], "--agent", "unknown agent"),
         (["--lr", "0"], "--lr", "> 0"),
         (["--steps", "1.5"], "--steps", "invalid int"),

@@ -303,7 +303,7 @@ def test_config_errors_name_the_field():
     assert sv.SimbaV2Config(critic_heads=2).for_env("cartpole-balance").critic_heads == 2
     assert sv.horizon_discount(500) == pytest.approx(0.99)
     cfg = sv.SimbaV2Config(lr_decay_updates=100)
-    schedule = sv.learning_rate(cfg, cfg.critic_lr)
+    schedule = sv.learning_rate(cfg, cfg.critic_learning_rate)
     assert float(schedule(0)) == pytest.approx(1e-4)
     assert float(schedule(50)) == pytest.approx(7.5e-5)
     assert float(schedule(100)) == float(schedule(10_000)) == pytest.approx(5e-5)

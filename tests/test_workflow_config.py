@@ -63,6 +63,22 @@ def test_valid_control_config_dry_runs(tmp_path):
     assert any(line.split() == ["train", "4"] for line in proc.stdout.splitlines()), proc.stdout
 
 
+def test_mixed_bro_and_simbav2_grid_dry_runs(tmp_path):
+    """One block of both agents: 2 agents x 2 utd x 2 widths train jobs; SimbaV2's jobs get only
+    SimbaV2's flags, BRO's only BRO's (a shared key left null: each agent's own default)."""
+    config = mutate("grid.0.agents", ["bro", "simbav2"])
+    config["train"] = {**BASE["train"], "actor_width": None, "init_temperature": None}
+    proc = snakemake(tmp_path, config, "-n", "-p", check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = (proc.stdout + proc.stderr).splitlines()
+    assert any(line.split() == ["train", "8"] for line in out), proc.stdout + proc.stderr
+    commands = [line for line in out if "--agent" in line]
+    simba = [c for c in commands if "--agent simbav2" in c]
+    assert len(simba) == 4 and len(commands) == 8
+    assert all("--action-repeat 2" in c and "--n-quantiles" not in c for c in simba)
+    assert not any("--actor-width" in c or "--n-atoms" in c for c in commands if c not in simba)
+
+
 BAD_CASES = {
     "unknown_env": (mutate("grid.0.envs", ["cartpole-swingupp"]), ["grid[0].envs", "unknown env"]),
     "utd_zero": (mutate("grid.0.utd", [1, 0]), ["grid[0].utd[1]"]),
@@ -75,7 +91,13 @@ BAD_CASES = {
     "empty_utd_list": (mutate("grid.0.utd", []), ["grid[0].utd"]),
     "empty_study": (mutate("grid", []), ["'grid'", "empty"]),
     "unknown_agent": (mutate("grid.0.agents", ["sac"]), ["grid[0].agents[0]"]),
-    "agent_not_implemented": (mutate("grid.0.agents", ["simbav2"]), ["grid[0].agents"]),
+    "simbav2_step_not_a_multiple_of_its_action_repeat": (
+        {
+            **mutate("grid.0.agents", ["bro", "simbav2"]),
+            "train": {**BASE["train"], "eval_interval": 501},
+        },
+        ["train.eval_interval", "action_repeat"],
+    ),
     "j_min_not_below_j_max": (
         mutate("analysis.envs.cartpole-swingup", {"j_min": 500.0, "j_max": 400.0}),
         ["analysis.envs.cartpole-swingup.j_min"],

@@ -15,6 +15,18 @@ Settings: the loop's are ``TrainConfig``'s fields, the agent's those of its conf
 the workflow schema's ``train`` block derive from those declarations (``train_settings_schema``;
 ``python -m valuescale.config --write-schema`` rewrites the schema's block).
 
+Action repeat (the one home of the step conventions): an agent config with an ``action_repeat``
+field (SimbaV2's, 2) has every env of the run (training, evaluation, validation) wrapped in
+``valuescale.envs.ActionRepeat``: one *agent step* (one action, one replay transition, one host
+statistics update) is ``action_repeat`` simulator steps. The loop's step settings (``steps``,
+``warmup_steps``, ``eval_interval``, ``log_interval``, ``checkpoint_every``, ``validation_every``,
+``max_episode_steps``) and every logged step (curves' ``step``, run.json's ``env_steps``) count
+*simulator* steps and must be multiples of ``action_repeat`` (``max_episode_steps`` excepted: the
+time limit applies before the repeat); ``utd`` counts updates per *agent* step (the published
+SimbaV2 convention), so ``updates_at(k)`` is indexed by post-warm-up agent steps and
+``total_updates = floor((steps - warmup_steps) / action_repeat * utd)``. Without the field (BRO)
+``action_repeat`` is 1 and agent steps are env steps.
+
 Reset schedule: ``reset_interval`` (an agent setting; BRO's) is in gradient steps, as in the paper (2.5M). Resets are
 scheduled in env steps, at every positive multiple of ``round(reset_interval / utd)`` env steps
 below ``steps`` (:attr:`TrainConfig.reset_every_env_steps`), which is where the analysis looks for
@@ -57,6 +69,16 @@ AGENTS: tuple[str, ...] = tuple(_REGISTRY)
 #: the trajectory up to the checkpoint (``steps`` may be raised to extend a run).
 RESUMABLE_CHANGES: tuple[str, ...] = ("steps", "checkpoint_every")
 
+#: Loop settings counted in simulator steps that must be multiples of ``action_repeat``.
+REPEATED_STEPS: tuple[str, ...] = (
+    "steps",
+    "warmup_steps",
+    "eval_interval",
+    "log_interval",
+    "checkpoint_every",
+    "validation_every",
+)
+
 #: Settings that are part of a cell's run path (wildcards), not of the schema's ``train`` block.
 PATH_SETTINGS: tuple[str, ...] = ("env", "agent", "seeds", "utd", *GRID_FIELDS)
 
@@ -76,12 +98,12 @@ class TrainConfig:
     """Environment name (paper names such as ``cheetah-run``, ``finger-turn``; any dm_control
     suite task as ``<domain>-<task>``; HumanoidBench ids such as ``h1-crawl-v0``)."""
     agent: str = setting("bro")
-    """Agent (``valuescale.agents.AGENTS``): bro (simbav2 is reserved)."""
+    """Agent (``valuescale.agents.AGENTS``): bro or simbav2."""
     seeds: tuple[int, ...] = (0,)
     """Seeds trained together in one process (leading seed axis); each a distinct int >= 0."""
     utd: float = setting(1.0, low=0.0, low_open=True)
-    """UTD ratio sigma: gradient updates per env step (fractional: one update every 1/sigma
-    steps; see the module docstring)."""
+    """UTD ratio sigma: gradient updates per agent step (= env step without action repeat;
+    fractional: one update every 1/sigma steps; see the module docstring)."""
     steps: int = setting(1_000_000, low=1)
     """Environment steps per seed, warm-up included."""
     replay_size: int = setting(1_000_000, low=1)
@@ -174,6 +196,14 @@ class TrainConfig:
                 "replay_size",
                 f"replay_size ({self.replay_size}) must be >= batch_size ({self.batch_size})",
             )
+        repeat = self.action_repeat
+        for name in REPEATED_STEPS:
+            if getattr(self, name) % repeat:
+                raise ConfigError(
+                    name,
+                    f"{name} ({getattr(self, name)}) must be a multiple of action_repeat "
+                    f"({repeat}): the loop counts simulator steps, {repeat} per agent step",
+                )
         if self.reset_interval > 0 and self.reset_every_env_steps < 1:
             raise ConfigError(
                 "reset_interval",
@@ -181,7 +211,7 @@ class TrainConfig:
             )
         if self._debug_nan_reward is not None:
             seed, step = self._debug_nan_reward
-            if seed not in self.seeds or not _is_int(step):
+            if seed not in self.seeds or not _is_int(step) or step % repeat:
                 raise ConfigError("_debug_nan_reward", f"bad (seed, step) {self._debug_nan_reward}")
         try:
             from valuescale.envs import check_env_name
@@ -203,18 +233,25 @@ class TrainConfig:
         return int(getattr(self.agent_config, "reset_interval", 0))
 
     @property
+    def action_repeat(self) -> int:
+        """Simulator steps per agent step: the agent's ``action_repeat`` (1 without one)."""
+        return int(getattr(self.agent_config, "action_repeat", 1))
+
+    @property
     def utd_fraction(self) -> Fraction:
         """sigma as an exact fraction of its decimal representation."""
         return Fraction(repr(float(self.utd)))
 
     def updates_at(self, k: int) -> int:
-        """Gradient updates after the k-th post-warm-up env step (k >= 0)."""
+        """Gradient updates after the k-th post-warm-up agent step (k >= 0; an env step without
+        action repeat)."""
         sigma = self.utd_fraction
         return math.floor((k + 1) * sigma) - math.floor(k * sigma)
 
     def gradient_steps_after(self, env_steps_after_warmup: int) -> int:
-        """Total gradient steps after that many post-warm-up env steps."""
-        return math.floor(max(0, env_steps_after_warmup) * self.utd_fraction)
+        """Total gradient steps after that many post-warm-up env (simulator) steps."""
+        agent_steps = max(0, env_steps_after_warmup) // self.action_repeat
+        return math.floor(agent_steps * self.utd_fraction)
 
     @property
     def total_updates(self) -> int:
@@ -223,10 +260,11 @@ class TrainConfig:
 
     @property
     def reset_every_env_steps(self) -> int:
-        """Env steps between resets, ``round(reset_interval / utd)`` (0: no resets)."""
+        """Env steps between resets, ``round(reset_interval / utd)`` agent steps (0: no
+        resets)."""
         if self.reset_interval == 0:
             return 0
-        return int(round(Fraction(self.reset_interval) / self.utd_fraction))
+        return int(round(Fraction(self.reset_interval) / self.utd_fraction)) * self.action_repeat
 
     def reset_steps(self) -> list[int]:
         """Env steps (< steps) at which all networks and optimiser states are re-initialised."""

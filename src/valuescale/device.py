@@ -58,7 +58,7 @@ class Carry:
     sums: dict[str, jax.Array]
     """Per-seed sums of the training metrics (``update_n``'s info times ``n``) since the flush."""
     t: jax.Array
-    """int32: env steps taken."""
+    """int32: env (simulator) steps taken."""
 
 
 @flax.struct.dataclass
@@ -124,7 +124,7 @@ class Device:
             reward, mask = packed[:, 0], packed[:, 1]
             next_obs, policy_obs = packed[:, 2 : 2 + d], packed[:, 2 + d :]
             replay = vinsert(carry.replay, carry.obs, carry.action, reward, mask, next_obs)
-            t = carry.t + 1
+            t = carry.t + cfg.action_repeat  # simulator steps (valuescale.config)
             state = staged(carry.agent, stats)
             # n = 0 (warm-up, or a step without update at sigma < 1): zero info, nothing changes
             state, info = jax.vmap(lambda s, r: agent.update_n(s, r, acfg, n))(state, replay)

@@ -130,7 +130,16 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, progress: bool | None) -> None:
         from valuescale.device import Device, HostStats
-        from valuescale.envs import make_env
+        from valuescale.envs import ActionRepeat
+        from valuescale.envs import make_env as make_plain
+
+        # action repeat (valuescale.config): every env steps `repeat` simulator steps per agent
+        # step; self.t counts simulator steps, so it advances by `repeat` per loop iteration
+        self.repeat = repeat = cfg.action_repeat
+
+        def make_env(name: str, seed: int, max_steps: int) -> Any:
+            env = make_plain(name, seed, max_steps)
+            return ActionRepeat(env, repeat) if repeat > 1 else env
 
         self.cfg, self.out_dir = cfg, out_dir
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -179,7 +188,7 @@ class _Run:
 
     def _updates_after(self, t: int) -> int:
         """Gradient updates after env step index ``t`` (0-based)."""
-        k = t - self.cfg.warmup_steps
+        k = (t - self.cfg.warmup_steps) // self.repeat  # post-warm-up agent step index
         return self.cfg.updates_at(k) if k >= 0 else 0
 
     def _add_rows(self, seed_index: int, step: int, metric: str, value: float) -> None:
@@ -285,7 +294,7 @@ class _Run:
     def _replay_parts(self) -> dict[str, tuple[Any, int]]:
         """The stored replays: name -> (stacked replay, inserts so far). The training replay gets
         one insert per env step, the validation replay one per ``validation_every`` steps."""
-        parts = {"train": (self.carry.replay, self.t)}
+        parts = {"train": (self.carry.replay, self.t // self.repeat)}
         if self.cfg.validation:
             parts["validation"] = (self.val.replay, self.t // self.cfg.validation_every)
         return parts
@@ -471,16 +480,18 @@ class _Run:
         while self.t < cfg.steps:
             actions = np.asarray(self.carry.action)
             raw = self._raw if self.host.active else None
-            self._step_envs(self.envs, actions, packed, self.t + 1, raw)
-            if self._nan_at is not None and self._nan_at[1] == self.t + 1:
+            self._step_envs(self.envs, actions, packed, self.t + self.repeat, raw)
+            if self._nan_at is not None and self._nan_at[1] == self.t + self.repeat:
                 packed[self._nan_at[0], 0] = np.nan
             if raw is not None:
                 self.host.reward(raw["reward"], raw["terminated"], raw["truncated"])
                 self.host.observe(raw["obs"])
             n = self._updates_after(self.t)
             stats = self.host.device()
-            self.carry = self.dev.fused(self.carry, packed, n, self._policy(self.t + 1), stats)
-            self.t += 1
+            # the next action is for the agent step that starts at simulator step t + repeat
+            policy = self._policy(self.t + self.repeat)
+            self.carry = self.dev.fused(self.carry, packed, n, policy, stats)
+            self.t += self.repeat
             self.grad_steps += n
             t = self.t
             if cfg.validation and t % cfg.validation_every == 0:

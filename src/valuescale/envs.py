@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import re
 import sys
@@ -414,3 +415,37 @@ def make_env(name: str, seed: int, max_episode_steps: int = 1000) -> Env:
     if is_humanoid_bench(name):
         return HumanoidBenchEnv(name, seed, max_episode_steps)
     return DMCEnv(name, seed, max_episode_steps)
+
+
+class ActionRepeat:
+    """An env (this module's interface) stepped ``repeat`` times per agent step.
+
+    Rewards of the repeated steps are summed; a termination or truncation inside the repeat ends
+    the agent step early. The inner env's time limit (simulator steps) stays in force, so an
+    episode has ``ceil(max_episode_steps / repeat)`` agent steps (500 for 1000 and 2).
+    """
+
+    def __init__(self, env: Any, repeat: int) -> None:
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise ValueError(f"ActionRepeat: repeat must be a positive int, got {repeat!r}")
+        self.env, self.repeat = env, repeat
+        self.obs_dim, self.act_dim = env.obs_dim, env.act_dim
+        self.max_episode_steps = math.ceil(env.max_episode_steps / repeat)
+
+    def reset(self) -> np.ndarray:
+        return self.env.reset()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated
+
+    def get_state(self) -> dict[str, Any]:
+        return self.env.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.env.set_state(state)

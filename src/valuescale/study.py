@@ -95,6 +95,28 @@ def train_settings(cfg: dict, env: str) -> dict[str, Any]:
     return settings
 
 
+def check_action_repeat(cfg: dict, env: str, agents: list[str], settings: dict) -> None:
+    """The step settings of ``env`` are multiples of the action repeat of every agent that has
+    one (``valuescale.config``: the loop counts simulator steps, ``action_repeat`` per agent
+    step); a ValueError naming the key otherwise."""
+    from valuescale.agents import config_class
+    from valuescale.config import REPEATED_STEPS
+
+    key = f"train_overrides.{env}" if env in cfg["train_overrides"] else "train"
+    for agent in agents:
+        declared = getattr(config_class(agent), "__dataclass_fields__", {}).get("action_repeat")
+        if declared is None:
+            continue
+        repeat = settings.get("action_repeat") or declared.default
+        for name in REPEATED_STEPS:
+            if settings[name] % repeat:
+                raise config_error(
+                    f"{key}.{name}",
+                    f"{name} ({settings[name]}) must be a multiple of {agent}'s action_repeat "
+                    f"({repeat}) for env {env}",
+                )
+
+
 def train_jobs(
     cfg: dict, check_envs: Callable[[list[tuple[str, str]]], None] | None = None
 ) -> list[TrainJob]:
@@ -127,6 +149,7 @@ def train_jobs(
                         f"batch size {batch_size} is larger than the replay buffer "
                         f"(train.replay_size = {settings['replay_size']}) for env {env}",
                     )
+            check_action_repeat(cfg, env, block["agents"], settings)
             resets = any(
                 "reset_interval" in {f.name for f in setting_fields(agent)}
                 for agent in block["agents"]

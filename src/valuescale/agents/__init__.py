@@ -17,10 +17,11 @@ from valuescale.agents.base import GRID_FIELDS, Agent
 
 AGENTS: dict[str, str] = {
     "bro": "valuescale.agents.bro",
+    "simbav2": "valuescale.agents.simbav2",
 }
 """Implemented agents: name -> package."""
 
-RESERVED_AGENTS: tuple[str, ...] = ("simbav2",)
+RESERVED_AGENTS: tuple[str, ...] = ()
 """Agent names the workflow already knows that are not implemented yet."""
 
 

@@ -11,8 +11,9 @@ The config class (``Agent.Config``) is a frozen, hashable dataclass in a module 
 import JAX; each field is one hyperparameter, declared once with ``valuescale.settings.setting``
 (type, default, bounds) and a docstring. It must have the three fields of ``GRID_FIELDS`` (a cell's
 path: critic width, batch size, learning rate); it may have ``reset_interval`` (gradient steps
-between full resets, 0 = never; without it the engine never resets). Its field names must not
-clash with ``TrainConfig``'s loop settings.
+between full resets, 0 = never; without it the engine never resets) and ``action_repeat``
+(simulator steps per agent step; without it 1: see ``valuescale.config``'s docstring). Its field
+names must not clash with ``TrainConfig``'s loop settings.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """SimbaV2 (Lee et al. 2025, "Hyperspherical Normalization for Scalable Deep RL"), the paper's
-second agent, with BRO's interface (``valuescale.agents.bro``).
+second agent: ``valuescale.agents.base.Agent`` with the engine's optional host hooks.
+
+Importing this package does not import JAX: :class:`SimbaV2Config` and the host hooks (numpy)
+are loaded at once, the JAX parts on first use (as ``valuescale.agents.bro``).
 
 Modules: :mod:`.config` (:class:`SimbaV2Config`, the one home of every hyperparameter),
 :mod:`.networks` (hyperspherical layers, LERP blocks, critic, actor), :mod:`.loss` (categorical
@@ -21,81 +24,104 @@ Info keys are BRO's (``critic_loss``, ``actor_loss``, ``temperature``, ``q_mean`
 ``passive_critic_loss``); ``critic_loss`` is a cross-entropy (summed over heads) and ``q_mean`` is
 in scaled-reward units. The replay buffer holds raw observations and rewards, as for BRO.
 
-What the engine must do besides BRO's calls (host side)
--------------------------------------------------------
-1. **Resolve the config**: ``cfg = cfg.for_env(env_name)`` (1 critic head on DMC, 2 on
-   HumanoidBench) and set ``lr_decay_updates`` to the run's planned gradient updates (agent steps
-   x updates per agent step) before ``init``; the schedule's position lives in the optimiser
-   states, so nothing else is needed on resume.
-2. **Action repeat**: wrap every env (training, evaluation, validation) in
-   ``host.ActionRepeat(env, cfg.action_repeat)``. UTD ``n`` counts updates per *agent* step (the
-   published ``utd_<sigma>``; with AR 2, "UTD 2" is one update per simulator step); log env steps
-   as agent steps x ``action_repeat``. Published loop: 5,000 random-action agent steps before
-   updates start, replay 1M, B 256, 10 deterministic evaluation episodes every 50k agent steps;
-   no resets.
-3. **Statistics** (float64, host): one ``host.RunningStatistics(n_seeds, obs_dim, cfg.discount,
-   cfg.g_max)`` per run. For every *training* agent step, in this order:
+How the engine runs it (``python -m valuescale.train --agent simbav2``)
+----------------------------------------------------------------------
+Through the protocol's optional hooks and config fields (docs/engine-api.md), nothing by name:
 
-   a. ``stats.observe_reward(reward, done)`` for the transition just taken (``done`` =
-      terminated or truncated; skip on the very first step of the run);
-   b. ``stats.observe_obs(obs)`` for the observations about to be acted on (warm-up included;
-      the first observation after every reset too);
-   c. ``agent = set_statistics(agent, stats.device_arrays())`` before the step's ``update_n``
-      and ``act`` (a stacked state takes the stacked [S, ...] arrays).
+1. ``bind(cfg, run)`` (:mod:`.host`): critic heads for the env (``cfg.for_env``: 1 on DMC, 2 on
+   HumanoidBench) and ``lr_decay_updates`` = the run's planned updates when null; the schedule's
+   position lives in the optimiser states, so nothing else is needed on resume.
+2. ``action_repeat`` (a config field the engine reads, as BRO's ``reset_interval``): every env
+   (training, evaluation, validation) is wrapped in ``valuescale.envs.ActionRepeat``; ``utd``
+   counts updates per *agent* step (the published ``utd_<sigma>``); the loop's step settings and
+   the logged steps are simulator steps (``valuescale.config``'s docstring).
+3. Statistics (float64, host): ``host_init``/``host_observe``/``host_reward``/``host_device``
+   (:mod:`.host`, a :class:`RunningStatistics` as its ``state_dict``, checkpointed) and
+   ``with_stats`` (:mod:`.agent`). Per training agent step: the reward of the transition just
+   taken, then the observation about to be acted on (warm-up included; the reset observations
+   first), then the float32 statistics into the states before ``update_n`` and ``act``.
+   Evaluation and validation never update them (they use the last training step's).
+   With the engine's fused insert -> update -> act step, the updates of a step already see the
+   observation acted on afterwards (the authors' loop normalises it just after the updates): one
+   observation of difference in the running mean, nothing else.
 
-   Evaluation and validation environments never update the statistics (they act and compute TD
-   losses with the training statistics, which travel inside the state). Checkpoints must store
-   ``stats.state_dict()`` and restore with ``RunningStatistics.from_state_dict``.
-   Note: with the engine's fused insert -> update -> act step, step (b) makes the updates of that
-   step already see the observation acted on afterwards (the authors' loop normalises it just
-   after the updates): one observation of difference in the running mean, nothing else.
+Published loop: 5,000 random-action agent steps before updates start, replay 1M, B 256, 10
+deterministic evaluation episodes every 50k agent steps; no resets.
 """
 
-from valuescale.agents.simbav2.agent import (
-    SimbaV2State,
-    Statistics,
-    act,
-    critic_param_count,
-    identity_statistics,
-    init,
-    init_seeds,
-    kernel_norms,
-    learning_rate,
-    normalize_obs,
-    passive_critic_param_count,
-    set_statistics,
-    td_losses,
-    update,
-    update_n,
-)
-from valuescale.agents.simbav2.config import SimbaV2Config, critic_heads_for_env, horizon_discount
-from valuescale.agents.simbav2.host import ActionRepeat, RunningStatistics
-from valuescale.agents.simbav2.networks import simbav2_critic_param_formula
+from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from valuescale.agents.simbav2.config import SimbaV2Config, critic_heads_for_env, horizon_discount
+from valuescale.agents.simbav2.host import (
+    ActionRepeat,
+    RunningStatistics,
+    bind,
+    host_device,
+    host_init,
+    host_observe,
+    host_reward,
+)
+
+NAME = "simbav2"
 Config = SimbaV2Config
 """The agent's config class (the engine protocol's ``config class``)."""
 
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "SimbaV2State",
+            "Statistics",
+            "TRAIN_METRICS",
+            "act",
+            "critic_param_count",
+            "identity_statistics",
+            "init",
+            "init_seeds",
+            "kernel_norms",
+            "learning_rate",
+            "normalize_obs",
+            "passive_critic_param_count",
+            "set_statistics",
+            "td_losses",
+            "train_metrics",
+            "update",
+            "update_n",
+            "with_stats",
+        ),
+        "agent",
+    ),
+    "simbav2_critic_param_formula": "networks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
 __all__ = [
+    "NAME",
     "ActionRepeat",
     "Config",
     "RunningStatistics",
     "SimbaV2Config",
-    "SimbaV2State",
-    "Statistics",
-    "act",
+    "bind",
     "critic_heads_for_env",
-    "critic_param_count",
     "horizon_discount",
-    "identity_statistics",
-    "init",
-    "init_seeds",
-    "kernel_norms",
-    "learning_rate",
-    "normalize_obs",
-    "passive_critic_param_count",
-    "set_statistics",
-    "simbav2_critic_param_formula",
-    "td_losses",
-    "update",
-    "update_n",
+    "host_device",
+    "host_init",
+    "host_observe",
+    "host_reward",
+    *_LAZY,
 ]

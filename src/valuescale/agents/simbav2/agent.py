@@ -116,15 +116,20 @@ def _modules(cfg: SimbaV2Config, act_dim: int):
 
 def learning_rate(cfg: SimbaV2Config, initial: float) -> optax.Schedule:
     """Linear decay from ``initial`` to ``lr_end_ratio * initial`` over ``lr_decay_updates``."""
+    if cfg.lr_decay_updates is None:
+        raise ValueError(
+            "simbav2: SimbaV2Config.lr_decay_updates is None (the run's planned updates); set it, "
+            "or resolve the config for a run with bind(cfg, run)"
+        )
     return optax.linear_schedule(initial, initial * cfg.lr_end_ratio, cfg.lr_decay_updates)
 
 
 def _critic_tx(cfg: SimbaV2Config) -> optax.GradientTransformation:
-    return optax.adam(learning_rate(cfg, cfg.critic_lr))
+    return optax.adam(learning_rate(cfg, cfg.critic_learning_rate))
 
 
 def _actor_tx(cfg: SimbaV2Config) -> optax.GradientTransformation:
-    return optax.adam(learning_rate(cfg, cfg.actor_lr))
+    return optax.adam(learning_rate(cfg, cfg.actor_learning_rate))
 
 
 def _temperature_tx(cfg: SimbaV2Config) -> optax.GradientTransformation:
@@ -160,6 +165,16 @@ def set_statistics(state: SimbaV2State, statistics: Statistics | dict[str, Any])
         if have != want:
             raise ValueError(f"simbav2.set_statistics: {name} has shape {have}, expected {want}")
     return state.replace(statistics=new)
+
+
+def with_stats(state: SimbaV2State, stats: dict[str, Any]) -> SimbaV2State:
+    """The engine's hook (one seed, traced): ``stats`` (``host.host_device``'s per-seed float32
+    arrays) into the state's :class:`Statistics`."""
+    return state.replace(
+        statistics=Statistics(
+            obs_mean=stats["obs_mean"], obs_std=stats["obs_std"], reward_scale=stats["reward_scale"]
+        )
+    )
 
 
 def normalize_obs(statistics: Statistics, obs: jax.Array) -> jax.Array:
@@ -461,6 +476,14 @@ def td_losses(state: SimbaV2State, batch: Batch, cfg: SimbaV2Config) -> Info:
 
 
 # --------------------------------------------------------------------------- sizes
+
+TRAIN_METRICS: tuple[str, ...] = ("critic_loss", "actor_loss", "temperature", "q_mean", "entropy")
+"""Keys of :func:`update_n`'s info (``passive_critic_loss`` added when the passive critic is on)."""
+
+
+def train_metrics(cfg: SimbaV2Config) -> tuple[str, ...]:
+    """The keys of :func:`update_n`'s info for ``cfg`` (logged every ``log_interval``)."""
+    return TRAIN_METRICS + (("passive_critic_loss",) if cfg.passive_critic else ())
 
 
 def _check_one_seed(params: Params, what: str) -> None:

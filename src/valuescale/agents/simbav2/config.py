@@ -8,7 +8,8 @@ DMC and HumanoidBench except the number of critic heads, which follows the envir
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from valuescale.settings import ConfigError, check_fields, setting
 
 
 def critic_heads_for_env(env_name: str) -> int:
@@ -32,106 +33,81 @@ def horizon_discount(episode_agent_steps: int) -> float:
 class SimbaV2Config:
     """Hyperparameters of SimbaV2 (hashable: passed as a static argument under ``jit``)."""
 
-    critic_width: int = 512
-    """Residual-stream width W of each critic head (the paper's critic-size knob; blocks are 4W
-    wide inside)."""
-    critic_depth: int = 2
+    critic_width: int = setting(512, low=1)
+    """Residual-stream width W of each critic head (the critic-size knob; blocks are 4W wide
+    inside)."""
+    critic_depth: int = setting(2, low=0)
     """Number of LERP blocks L of the critic (not swept in the paper)."""
-    critic_heads: int | None = None
-    """Independent critic heads H: 1 (DMC) or 2 (HumanoidBench, clipped double Q). ``None``
-    means "by environment": resolve with :meth:`for_env` before :func:`init`."""
-    actor_width: int = 128
+    critic_heads: int | None = setting(None, low=1, high=2)
+    """Independent critic heads H: 1 (DMC) or 2 (HumanoidBench, clipped double Q); null: by
+    environment (resolved by for_env, which the engine's bind calls)."""
+    actor_width: int = setting(128, low=1)
     """Residual-stream width of the actor."""
-    actor_depth: int = 1
+    actor_depth: int = setting(1, low=0)
     """Number of LERP blocks of the actor."""
-    n_atoms: int = 101
-    """Atoms K of the categorical critic, ``linspace(v_min, v_max, K)``."""
-    v_min: float = -5.0
+    n_atoms: int = setting(101, low=2)
+    """Atoms K of the categorical critic, linspace(v_min, v_max, K)."""
+    v_min: float = setting(-5.0)
     """Lowest atom (in scaled-reward return units)."""
-    v_max: float = 5.0
+    v_max: float = setting(5.0)
     """Highest atom."""
-    c_shift: float = 3.0
+    c_shift: float = setting(3.0)
     """Constant appended to the input before its l2 projection (keeps the input's norm)."""
-    batch_size: int = 256
+    batch_size: int = setting(256, low=1)
     """Transitions per gradient step (B), resampled for every update."""
-    critic_lr: float = 1e-4
-    """Initial Adam learning rate of the critic (and of the passive critic)."""
-    actor_lr: float = 1e-4
-    """Initial Adam learning rate of the actor."""
-    temperature_lr: float = 1e-4
+    lr: float = setting(1e-4, low=0.0, low_open=True)
+    """Initial Adam learning rate eta of actor and critic (decays linearly, lr_end_ratio)."""
+    critic_lr: float | None = setting(None, low=0.0, low_open=True)
+    """Initial learning rate of the critic (and passive critic) where it differs from lr
+    (null: lr)."""
+    actor_lr: float | None = setting(None, low=0.0, low_open=True)
+    """Initial learning rate of the actor where it differs from lr (null: lr)."""
+    temperature_lr: float = setting(1e-4, low=0.0, low_open=True)
     """Initial Adam learning rate of log alpha."""
-    lr_end_ratio: float = 0.5
-    """Every learning rate decays linearly from its initial value to ``lr_end_ratio`` times it
-    over ``lr_decay_updates`` updates (the authors' code: 1e-4 -> 5e-5), then stays there."""
-    lr_decay_updates: int = 1_000_000
-    """Gradient updates over which the learning rates decay: the run's planned updates
-    (agent steps x updates per agent step). The engine sets it from its budget."""
-    discount: float = 0.99
+    lr_end_ratio: float = setting(0.5, low=0.0, low_open=True)
+    """Every learning rate decays linearly from its initial value to lr_end_ratio times it over
+    lr_decay_updates updates (the authors' code: 1e-4 -> 5e-5), then stays there."""
+    lr_decay_updates: int | None = setting(None, low=1)
+    """Gradient updates over which the learning rates decay; null: the run's planned updates
+    (agent steps after the warm-up x utd), filled in by the engine (bind)."""
+    discount: float = setting(0.99, low=0.0, high=1.0)
     """Discount gamma (also of the reward scaler's running return). The authors derive it from
-    the episode length with :func:`horizon_discount`: 0.99 for 500-agent-step episodes."""
-    tau: float = 0.005
+    the episode length (horizon_discount): 0.99 for 500-agent-step episodes."""
+    tau: float = setting(0.005, low=0.0, high=1.0, low_open=True)
     """Polyak rate of the target critic, applied after every critic step (all critic params)."""
-    init_temperature: float = 0.01
-    """Initial alpha."""
-    target_entropy_scale: float = 0.5
-    """Target entropy is ``-target_entropy_scale * act_dim``."""
-    g_max: float = 5.0
-    """Reward scaling: rewards are divided by ``max(std(G), max|G| / g_max)`` (G: running
-    discounted return), which keeps returns within the atoms' support."""
-    action_repeat: int = 2
-    """Simulator steps per agent step (rewards summed); the 1000-sim-step time limit applies
-    before the repeat (500 agent steps). UTD is counted per agent step."""
-    passive_critic: bool = False
-    """Also train a passive critic on the main critic's target distributions (instrumentation)."""
-    passive_critic_width: int = 512
+    init_temperature: float = setting(0.01, low=0.0, low_open=True)
+    """Initial entropy temperature alpha."""
+    target_entropy_scale: float = setting(0.5)
+    """Target entropy is -target_entropy_scale * action_dim."""
+    g_max: float = setting(5.0, low=0.0, low_open=True)
+    """Reward scaling: rewards are divided by max(std(G), max|G| / g_max) (G: running discounted
+    return), which keeps returns within the atoms' support."""
+    action_repeat: int = setting(2, low=1)
+    """Simulator steps per agent step (rewards summed; the engine wraps every env). utd counts
+    updates per agent step; the loop's step settings and the logged steps are simulator steps
+    (multiples of action_repeat)."""
+    passive_critic: bool = setting(False)
+    """Train a passive critic on the main critic's target distributions (never acts); logs
+    passive_critic_loss."""
+    passive_critic_width: int = setting(512, low=1)
     """Width of the passive critic's heads (same depth, heads and atoms as the critic)."""
 
     def __post_init__(self) -> None:
-        positive_ints = (
-            "critic_width",
-            "actor_width",
-            "batch_size",
-            "lr_decay_updates",
-            "action_repeat",
-            "passive_critic_width",
-        )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SimbaV2Config.{name} must be a positive int, got {value!r}")
-        for name in ("critic_depth", "actor_depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"SimbaV2Config.{name} must be a non-negative int, got {value!r}")
-        heads = self.critic_heads
-        if heads is not None and (isinstance(heads, bool) or heads not in (1, 2)):
-            raise ValueError(f"SimbaV2Config.critic_heads must be 1, 2 or None, got {heads!r}")
-        if not isinstance(self.n_atoms, int) or isinstance(self.n_atoms, bool) or self.n_atoms < 2:
-            raise ValueError(f"SimbaV2Config.n_atoms must be an int >= 2, got {self.n_atoms!r}")
-        positive = (
-            "critic_lr",
-            "actor_lr",
-            "temperature_lr",
-            "init_temperature",
-            "g_max",
-            "lr_end_ratio",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"SimbaV2Config.{name} must be a finite number > 0, got {value!r}")
-        for name in ("v_min", "v_max", "c_shift", "target_entropy_scale"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value)):
-                raise ValueError(f"SimbaV2Config.{name} must be a finite number, got {value!r}")
+        check_fields(self)
         if not self.v_min < self.v_max:
-            raise ValueError(
-                f"SimbaV2Config: v_min ({self.v_min!r}) must be below v_max ({self.v_max!r})"
+            raise ConfigError(
+                "v_min", f"v_min ({self.v_min!r}) must be below v_max ({self.v_max!r})"
             )
-        for name in ("discount", "tau"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
-                raise ValueError(f"SimbaV2Config.{name} must be in [0, 1], got {value!r}")
+
+    @property
+    def critic_learning_rate(self) -> float:
+        """The critic's (and passive critic's) initial learning rate: critic_lr, else lr."""
+        return self.lr if self.critic_lr is None else self.critic_lr
+
+    @property
+    def actor_learning_rate(self) -> float:
+        """The actor's initial learning rate: actor_lr, else lr."""
+        return self.lr if self.actor_lr is None else self.actor_lr
 
     def for_env(self, env_name: str) -> SimbaV2Config:
         """This config with ``critic_heads`` resolved for ``env_name`` when it is ``None``."""

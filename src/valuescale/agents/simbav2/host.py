@@ -1,4 +1,4 @@
-"""Host-side pieces of SimbaV2: float64 running statistics and the action-repeat wrapper.
+"""Host-side pieces of SimbaV2: float64 running statistics and the engine's host hooks.
 
 Observation normalisation and reward scaling (method.md section 1 "SimbaV2", part 1) keep their
 statistics in float64 numpy on the host (float32 accumulation is reported to lose the published
@@ -17,10 +17,12 @@ its own environment, so its own statistics.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any
 
 import numpy as np
+
+from valuescale.envs import ActionRepeat as ActionRepeat  # its old home; now valuescale.envs
 
 COUNT_INIT = 1e-4
 """Initial count of the running statistics (mean 0, variance 1 weigh almost nothing)."""
@@ -140,35 +142,43 @@ class RunningStatistics:
         return out
 
 
-class ActionRepeat:
-    """An env (``valuescale.envs`` interface) stepped ``repeat`` times per agent step.
+# ----------------------------------------------------------------------------- the engine's hooks
+# (docs/engine-api.md, "Optional hooks"): the statistics above as a dict of float64 arrays
+# (``RunningStatistics.state_dict``), checkpointed by the engine as they are.
 
-    Rewards of the repeated steps are summed; a termination or truncation inside the repeat ends
-    the agent step early. The inner env's time limit (simulator steps) stays in force, so an
-    episode has ``ceil(max_episode_steps / repeat)`` agent steps (500 for 1000 and 2).
-    """
 
-    def __init__(self, env: Any, repeat: int) -> None:
-        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-            raise ValueError(f"ActionRepeat: repeat must be a positive int, got {repeat!r}")
-        self.env, self.repeat = env, repeat
-        self.obs_dim, self.act_dim = env.obs_dim, env.act_dim
-        self.max_episode_steps = math.ceil(env.max_episode_steps / repeat)
+def bind(cfg: Any, run: Any) -> Any:
+    """The config for one run (``run``: the ``TrainConfig``): critic heads for its env
+    (:meth:`SimbaV2Config.for_env`) and, when ``lr_decay_updates`` is null, the run's planned
+    gradient updates (``run.total_updates``, at least 1) as the learning rates' decay length."""
+    cfg = cfg.for_env(run.env)
+    if cfg.lr_decay_updates is None:
+        cfg = dataclasses.replace(cfg, lr_decay_updates=max(1, int(run.total_updates)))
+    return cfg
 
-    def reset(self) -> np.ndarray:
-        return self.env.reset()
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        total = 0.0
-        for _ in range(self.repeat):
-            obs, reward, terminated, truncated = self.env.step(action)
-            total += float(reward)
-            if terminated or truncated:
-                break
-        return obs, total, terminated, truncated
+def host_init(cfg: Any, n_seeds: int, obs_dim: int) -> dict[str, Any]:
+    """Fresh statistics of ``n_seeds`` seeds (mean 0, variance 1, count 1e-4; no return yet)."""
+    return RunningStatistics(n_seeds, obs_dim, cfg.discount, cfg.g_max).state_dict()
 
-    def get_state(self) -> dict[str, Any]:
-        return self.env.get_state()
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.env.set_state(state)
+def host_observe(cfg: Any, h: dict[str, Any], obs: np.ndarray) -> dict[str, Any]:
+    """One observation per seed about to be acted on in training (``observe_obs``)."""
+    stats = RunningStatistics.from_state_dict(h)
+    stats.observe_obs(obs)
+    return stats.state_dict()
+
+
+def host_reward(
+    cfg: Any, h: dict[str, Any], reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray
+) -> dict[str, Any]:
+    """One training agent step's reward per seed; ``done`` = terminated or truncated resets the
+    running return (``observe_reward``)."""
+    stats = RunningStatistics.from_state_dict(h)
+    stats.observe_reward(reward, np.logical_or(terminated, truncated))
+    return stats.state_dict()
+
+
+def host_device(cfg: Any, h: dict[str, Any]) -> dict[str, np.ndarray]:
+    """float32 ``obs_mean``, ``obs_std`` [S, d] and ``reward_scale`` [S] for ``with_stats``."""
+    return RunningStatistics.from_state_dict(h).device_arrays()

@@ -233,6 +233,15 @@ def test_degenerate_fits_are_skipped_with_their_reason() -> None:
     # the skipped row is no budget-optimal point of the lines
     lines = budget_fit_table(budget_optimal_table(fits))
     assert (lines["n_fit"] + lines["n_heldout"] <= 1).all()
+    # every fit degenerate (a tiny study): skipped rows only, with every column, and no line
+    fits["status"] = "degenerate"
+    for table in (budget_optimal_table(fits), compute_optimal_table(fits, n_targets=3)):
+        assert (table["status"] == "skipped").all() and len(table) == 2
+        assert {"budget", "utd_star"} & set(table.columns)
+    only_skipped = budget_optimal_table(fits)
+    assert only_skipped["budget"].isna().all()
+    lines = budget_fit_table(only_skipped)
+    assert (lines["n_fit"] + lines["n_heldout"] <= 0).all()
 
 
 def zigzag_laws(n: int = 20) -> list[dict[str, float]]:

@@ -245,7 +245,7 @@ def test_train_job_resumes_a_matching_checkpoint_and_discards_a_stale_one(
     assert summary["complete"] and summary["env_steps"] == 400
     assert summary["config"]["eval_interval"] == eval_interval
     assert summary["resumed_at_steps"] == resumed
-    assert names(run) == ["curves.parquet", "run.json"]
+    assert names(run) == [".complete", "curves.parquet", "run.json"]
     log = (tmp_path / LOG).read_text()
     if resumed:
         assert "discarding" not in log and "resumed" in log
@@ -306,4 +306,4 @@ def test_a_damaged_checkpoint_is_named_then_discarded_on_request(
     assert summary["complete"] and summary["env_steps"] == 400
     assert summary["resumed_at_steps"] == []
     assert "discarding stale state" in caplog.text and str(path) in caplog.text
-    assert names(run) == ["curves.parquet", "run.json"]
+    assert names(run) == [".complete", "curves.parquet", "run.json"]

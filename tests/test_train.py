@@ -133,7 +133,10 @@ def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
         steps = sorted(df[(df.metric == metric) & (df.seed == 0)]["step"])
         assert steps == [300, 400, 500, 600], metric
     assert not (df.metric == "validation_critic_loss").any()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet", "run.json"]
+    # the outputs, and the copy of them a rerun puts back when Snakemake deleted them; no state
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".complete", "curves.parquet", "run.json"]
+    for name in ("curves.parquet", "run.json"):
+        assert (tmp_path / ".complete" / name).read_bytes() == (tmp_path / name).read_bytes()
 
     # A complete run of the same config is returned as is; another config is refused.
     mtime = (tmp_path / "curves.parquet").stat().st_mtime_ns

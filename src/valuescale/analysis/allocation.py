@@ -448,12 +448,9 @@ def compute_optimal_table(
                     "reason": reason or ("" if np.isfinite(u) else "D_target <= D_min"),
                 }
             )
-    table = pd.DataFrame(rows)
-    if include_skipped:
-        skipped = skipped_rows(fits, variants)
-        if len(skipped):
-            table = pd.concat([table, skipped], ignore_index=True) if len(table) else skipped
-    return table
+    table = _with_skipped(pd.DataFrame(rows), fits, variants, include_skipped)
+    value_columns = ("D_target", "utd_star", "critic_params_star", "compute_star", "k")
+    return _with_columns(table, (*value_columns, "line_slope", "line_intercept"))
 
 
 def budget_optimal_table(
@@ -479,11 +476,26 @@ def budget_optimal_table(
         d = delta_for(str(fit["scope"]), delta)
         alloc = budget_optimal(params, d, k)
         rows.append({**_ids(fit), "delta": d, **alloc.__dict__})
-    table = pd.DataFrame(rows)
-    if include_skipped:
-        skipped = skipped_rows(fits, variants)
-        if len(skipped):
-            table = pd.concat([table, skipped], ignore_index=True) if len(table) else skipped
+    table = _with_skipped(pd.DataFrame(rows), fits, variants, include_skipped)
+    return _with_columns(table, ("delta", "budget", "utd", "critic_params", "D", "compute"))
+
+
+def _with_skipped(
+    table: pd.DataFrame, fits: pd.DataFrame, variants: tuple[str, ...], include_skipped: bool
+) -> pd.DataFrame:
+    """``table`` and, with ``include_skipped``, a ``skipped`` row per degenerate fit."""
+    skipped = skipped_rows(fits, variants) if include_skipped else pd.DataFrame()
+    if not len(skipped):
+        return table
+    return pd.concat([table, skipped], ignore_index=True) if len(table) else skipped
+
+
+def _with_columns(table: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """``table`` with every value column present (NaN where no usable fit gave one: a table of
+    skipped rows only still has the columns its readers select)."""
+    for column in columns:
+        if column not in table:
+            table[column] = np.nan
     return table
 
 

@@ -180,8 +180,12 @@ def test_watch_refreshes_until_interrupted_and_a_bad_config_is_named(tmp_path) -
              "batch_sizes": [64], "lrs": [3.0e-4]}]  # fmt: skip
     study_file.write_text(json.dumps({"results_dir": "out", "seeds": 2, "grid": grid}))
     cmd = [str(VALUESCALE), "status", "--configfile", str(study_file), "--json"]
+    # Ctrl-C reaches it as in a terminal: a process started in the background by a shell without
+    # job control (a CI runner's `cmd &`) has SIGINT ignored, its children too, and a Python
+    # started with SIGINT ignored installs no KeyboardInterrupt handler
     proc = subprocess.Popen([*cmd, "--watch", "0.2"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # fmt: skip
     try:
         first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
         proc.send_signal(signal.SIGINT)
@@ -202,3 +206,7 @@ def test_watch_refreshes_until_interrupted_and_a_bad_config_is_named(tmp_path) -
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "invalid config key 'train'" in bad.stderr and "stepz" in bad.stderr
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -60,7 +60,7 @@ def test_config_checks_name_the_field() -> None:
         "lr": -1.0,
         "discount": 1.5,
         "seeds": (1, 1),
-        "agent": "simbav2",
+        "agent": "dqn",
         "validation": "yes",
         "reset_interval": -1,
         "warmup_steps": -5,
@@ -136,7 +136,8 @@ def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
     # the outputs, and the copy of them a rerun puts back when Snakemake deleted them; no state
     assert sorted(p.name for p in tmp_path.iterdir()) == [".complete", "curves.parquet", "run.json"]
     for name in ("curves.parquet", "run.json"):
-        assert (tmp_path / ".complete" / name).read_bytes() == (tmp_path / name).read_bytes()
+        kept = tmp_path / ".complete" / f"{name}.kept"
+        assert kept.read_bytes() == (tmp_path / name).read_bytes()
 
     # A complete run of the same config is returned as is; another config is refused.
     mtime = (tmp_path / "curves.parquet").stat().st_mtime_ns

@@ -44,7 +44,13 @@ def keep_complete_outputs(out_dir: str | os.PathLike) -> None:
     moment the run can be had back without training it again."""
     out = Path(out_dir)
     for name in OUTPUT_NAMES:
-        atomic_write_bytes(out / COMPLETE_DIR / name, (out / name).read_bytes())
+        atomic_write_bytes(kept_path(out, name), (out / name).read_bytes())
+
+
+def kept_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """Where ``keep_complete_outputs`` keeps the output ``name``: ``COMPLETE_DIR/<name>.kept``
+    (another name, so that a search for ``run.json`` or ``*.parquet`` does not find it twice)."""
+    return Path(out_dir) / COMPLETE_DIR / f"{name}.kept"
 
 
 def restore_complete_outputs(out_dir: str | os.PathLike) -> bool:
@@ -53,13 +59,12 @@ def restore_complete_outputs(out_dir: str | os.PathLike) -> bool:
     while a checkpoint is there (the run resumes from it) or when every output is in place. The
     caller holds the folder; ``stale_reason`` then judges the restored run.json as any other."""
     out = Path(out_dir)
-    kept = out / COMPLETE_DIR
     if (out / CHECKPOINT_NAME).exists() or all((out / n).exists() for n in OUTPUT_NAMES):
         return False
-    if not all((kept / n).is_file() for n in OUTPUT_NAMES):
+    if not all(kept_path(out, n).is_file() for n in OUTPUT_NAMES):
         return False
     for name in OUTPUT_NAMES:
-        atomic_write_bytes(out / name, (kept / name).read_bytes())
+        atomic_write_bytes(out / name, kept_path(out, name).read_bytes())
     log.info(
         "%s: the outputs of a complete run were missing; put back from %s (not trained again)",
         out,

@@ -29,6 +29,7 @@ with ``last_evaluations``), or, for runs written before that field, from the cur
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -86,12 +87,26 @@ def _read_json(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _stale_settings(saved: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
-    """Training settings of the study that a summary's config does not share."""
+@functools.cache
+def _own_settings(agent: str) -> dict[str, Any]:
+    """``{setting: default}`` of a run of ``agent`` (the loop's and its agent config's)."""
+    from valuescale.config import setting_fields
+
+    return {f.name: f.default for f in setting_fields(agent)}
+
+
+def _stale_settings(saved: Mapping[str, Any], settings: Mapping[str, Any], agent: str) -> list[str]:
+    """Training settings of the study that a summary's config does not share: only the settings
+    of the run's agent (the study's train block holds every agent's), none that is null (the
+    agent's own default), a setting missing from an older summary counted at its default."""
+    own = _own_settings(agent)
     return sorted(
         key
         for key, value in settings.items()
-        if key not in OPERATIONAL_SETTINGS and saved.get(key) != value
+        if key in own
+        and value is not None
+        and key not in OPERATIONAL_SETTINGS
+        and saved.get(key, own[key]) != value
     )
 
 
@@ -255,7 +270,7 @@ def cell_status(
             cell["eta_s"] = max(0.0, left)
         return cell
     if summary_name == "run.json" and summary is not None and summary.get("complete"):
-        differ = _stale_settings(summary.get("config") or {}, settings)
+        differ = _stale_settings(summary.get("config") or {}, settings, job.agent)
         if differ:
             cell["state"] = "stale"
             cell["reason"] = f"trained with other {', '.join(differ)}"

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from studies import RETRAINED, copy_study, wait_for
 
+from valuescale.config import setting_fields
 from valuescale.status import DONE_LINE, last_evaluations, study_status
 from valuescale.study import load_config, run_name, train_jobs, train_settings, validate
 
@@ -47,7 +48,10 @@ def _engine(cfg: dict, run: str, results: Path, *extra: str, discard: bool = Tru
     argv = ["--env", job.env, "--agent", job.agent, "--utd", job.utd, "--width", str(job.width),
             "--batch-size", str(job.batch_size), "--lr", job.lr,
             "--seeds", ",".join(str(s) for s in range(job.first, job.last + 1))]  # fmt: skip
+    own = {f.name for f in setting_fields(job.agent)}  # the job's agent's settings, as the rule
     for key, value in sorted(train_settings(cfg, job.env).items()):
+        if key not in own or value is None:  # another agent's, or null: the agent's own default
+            continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else f"--no-{key.replace('_', '-')}")

@@ -87,18 +87,12 @@ def test_garbage_and_foreign_files_are_refused(tmp_path: Path) -> None:
         load_checkpoint(foreign)
 
 
-def test_a_run_folder_is_held_by_one_live_process_and_freed_when_it_dies(tmp_path: Path) -> None:
-    """The run-folder lock: a second holder is refused with the folder and the holder's pid; a
-    holder killed with SIGKILL frees the folder (the kernel drops its flock)."""
-    import os
-    import signal
+def _start_holder(folder: Path):
+    """A process that holds ``folder`` (``hold_run_folder``) for 10 minutes; it prints ``held``
+    once it does."""
     import subprocess
     import sys
-    import time
 
-    from valuescale.checkpoint import RunFolderBusy, hold_run_folder, run_folder_holder
-
-    assert run_folder_holder(tmp_path / "missing") is None
     code = (
         "import sys, time\n"
         "from valuescale.checkpoint import hold_run_folder\n"
@@ -106,9 +100,22 @@ def test_a_run_folder_is_held_by_one_live_process_and_freed_when_it_dies(tmp_pat
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
     )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True
     )
+
+
+def test_a_run_folder_is_held_by_one_live_process_and_freed_when_it_dies(tmp_path: Path) -> None:
+    """The run-folder lock: a second holder is refused with the folder and the holder's pid; a
+    holder killed with SIGKILL frees the folder (the kernel drops its flock)."""
+    import os
+    import signal
+    import time
+
+    from valuescale.checkpoint import RunFolderBusy, hold_run_folder, run_folder_holder
+
+    assert run_folder_holder(tmp_path / "missing") is None
+    holder = _start_holder(tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert run_folder_holder(tmp_path) == str(holder.pid)
@@ -132,23 +139,12 @@ def test_a_waiting_engine_enters_the_folder_when_its_holder_ends(tmp_path: Path,
     """``hold_run_folder(wait=True)`` (the train rule's ``--wait``): while another live process
     holds the folder it says so, naming the holder, and waits; it enters once the holder ends."""
     import signal
-    import subprocess
-    import sys
     import threading
     import time
 
     from valuescale.checkpoint import hold_run_folder, run_folder_holder
 
-    code = (
-        "import sys, time\n"
-        "from valuescale.checkpoint import hold_run_folder\n"
-        "with hold_run_folder(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(600)\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
+    holder = _start_holder(tmp_path)
     entered: list[str | None] = []
 
     def waiter() -> None:

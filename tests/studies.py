@@ -160,8 +160,26 @@ def cell_dir(env: str, utd: str, width: int, batch_size: int, lr: str, seeds: st
     return f"results/runs/{env}/bro/utd{utd}_w{width}_b{batch_size}_lr{lr}/seeds{seeds}"
 
 
+def _cheapest_cell() -> str:
+    """The default grid's cheapest cell (its first block's first env, smallest σ and width,
+    smallest batch size, first learning rate; all seeds in one job)."""
+    from valuescale.study import fmt_lr, fmt_utd
+
+    config = default_config()
+    block = config["grid"][0]
+    last = config["seeds"] - 1
+    return cell_dir(
+        block["envs"][0],
+        fmt_utd(min(block["utd"])),
+        min(block["widths"]),
+        min(block["batch_sizes"]),
+        fmt_lr(block["lrs"][0]),
+        f"0-{last}",
+    )
+
+
 #: the cheapest cell of the default grid: the one that the kill-and-resume and SLURM tests retrain
-RETRAINED = cell_dir("cartpole-balance", "0.5", 32, 64, "3e-4", "0-2")
+RETRAINED = _cheapest_cell()
 
 
 def run_dirs(workdir: Path) -> list[Path]:

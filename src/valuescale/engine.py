@@ -42,6 +42,10 @@ from it (state it cannot use: ``valuescale.rundir.stale_reason``); both are dele
 completes. Starting a run in an out_dir with a complete run.json of the same config returns that
 summary without training.
 
+Optional live logging (TensorBoard, W&B; ``valuescale.livelog``, off by default): after each
+training-metric flush and evaluation the rows just logged go to the open live logs; with logging
+off that is one ``None`` check per flush or evaluation.
+
 JAX is imported lazily (``valuescale.device`` inside ``_Run``) so that the CLI can pin the process
 to ``--threads`` cores before JAX starts its thread pools.
 """

@@ -1,7 +1,7 @@
 """Optional live logging (``valuescale.livelog``): TensorBoard event files and W&B offline runs
 of a real engine run, read back with each package's own reader; the restart marker of a resumed
-run; the missing-package refusals of the CLI and of the workflow's DAG; logging settings retrain
-nothing."""
+run; the missing-package refusals of the CLI and of the workflow's DAG (that logging settings
+retrain nothing: test_workflow_dag.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from studies import RETRAINED, snakemake, snakemake_cmd
+from studies import snakemake_cmd
 from test_train import tiny
 
 from valuescale.livelog import WANDB_ID_FILE, LiveLogSettings, open_live_log
@@ -170,15 +170,3 @@ def test_the_workflow_refuses_logging_whose_package_is_missing_at_dag_time(tmp_p
     assert "pip install 'valuescale[tensorboard]'" in output
     assert "Job stats" not in output  # no job planned
     assert not (tmp_path / "results").exists()
-
-
-@pytest.mark.slow
-def test_logging_settings_retrain_nothing_and_reach_the_engine(default_study, tmp_path) -> None:
-    config = json.loads(json.dumps(default_study.config))
-    config["logging"] = {"tensorboard": True, "wandb": {"project": "p q", "mode": "offline"}}
-    study_file = tmp_path / "study.yaml"
-    plan = snakemake(default_study.workdir, config, "-n", config_file=study_file)
-    assert "rule train:" not in plan.stdout + plan.stderr, plan.stdout
-    forced = snakemake(default_study.workdir, config, "-n", "-p", "--forcerun", "train",
-                       f"{RETRAINED}/curves.parquet", config_file=study_file)  # fmt: skip
-    assert "--tensorboard --wandb-project 'p q' --wandb-mode offline" in forced.stdout

@@ -40,9 +40,10 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import secrets
-import shlex
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -100,10 +101,13 @@ class LiveLogSettings:
         """The engine CLI's flags for these settings (empty when off)."""
         args = ["--tensorboard"] if self.tensorboard else []
         if self.wandb_project is not None:
-            args += ["--wandb-project", shlex.quote(self.wandb_project)]
+            args += ["--wandb-project", self.wandb_project]
             if self.wandb_entity is not None:
-                args += ["--wandb-entity", shlex.quote(self.wandb_entity)]
+                args += ["--wandb-entity", self.wandb_entity]
             args += ["--wandb-mode", self.wandb_mode]
+        for arg in args:  # the train rule splits them on spaces (the schema's pattern)
+            if not re.fullmatch(r"[A-Za-z0-9_.=-]+", arg):
+                raise ValueError(f"live-logging argument {arg!r}: letters, digits, _ . - only")
         return " ".join(args)
 
 
@@ -119,16 +123,10 @@ def missing_package(settings: LiveLogSettings) -> tuple[str, str] | None:
         if not found:
             return key, (
                 f"live logging to {backend} needs the {package!r} package, which is not "
-                f"installed for {shlex.quote(os.path.realpath(_python()))}: "
+                f"installed for {sys.executable}: "
                 f"pip install 'valuescale[{extra}]' (or leave logging off)"
             )
     return None
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def run_label(cfg: Any) -> tuple[str, str]:

@@ -47,19 +47,22 @@ def _wandb_records(folder: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_real_run_logs_to_tensorboard_and_wandb_offline(tmp_path: Path) -> None:
+def test_a_real_run_logs_to_tensorboard_and_wandb_offline(tmp_path: Path, monkeypatch) -> None:
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # not in $HOME
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home"))
     # test_train's tiny shapes (two seeds): the step functions come from the run's cache
     cfg = tiny(seeds=(0, 1), steps=600)
-    summary = run_training(cfg, tmp_path, progress=False, live=TB_AND_WANDB)
+    out = tmp_path / "run"
+    summary = run_training(cfg, out, progress=False, live=TB_AND_WANDB)
     assert summary["complete"]
-    curves = pd.read_parquet(tmp_path / "curves.parquet")
+    curves = pd.read_parquet(out / "curves.parquet")
     metrics = sorted(curves["metric"].unique())
     assert "return" in metrics and "critic_loss" in metrics
 
     # TensorBoard: one folder per seed, one series per curve metric, the same points
-    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["seed0", "seed1"]
+    assert sorted(p.name for p in (out / "tb").iterdir()) == ["seed0", "seed1"]
     for seed in (0, 1):
-        series = _tb_scalars(tmp_path / "tb" / f"seed{seed}")
+        series = _tb_scalars(out / "tb" / f"seed{seed}")
         assert sorted(series) == metrics
         for metric in metrics:
             rows = curves[(curves.seed == seed) & (curves.metric == metric)]
@@ -71,7 +74,7 @@ def test_a_real_run_logs_to_tensorboard_and_wandb_offline(tmp_path: Path) -> Non
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
         from tensorboard.plugins.hparams import plugin_data_pb2
 
-        acc = EventAccumulator(str(tmp_path / "tb" / f"seed{seed}"))
+        acc = EventAccumulator(str(out / "tb" / f"seed{seed}"))
         acc.Reload()
         meta = acc.SummaryMetadata("_hparams_/session_start_info")
         hparams = plugin_data_pb2.HParamsPluginData.FromString(
@@ -82,13 +85,13 @@ def test_a_real_run_logs_to_tensorboard_and_wandb_offline(tmp_path: Path) -> Non
         assert hparams["env"].string_value == "pendulum-swingup"
 
     # W&B: one offline run for the job, the run's settings as its config, per-seed and mean keys
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
     records = _wandb_records(run_dir)
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     assert run["project"] == "valuescale-test"
     assert run["display_name"] == "pendulum-swingup/bro/utd1_w16_b16_lr3e-4/seeds0-1"
     assert run["run_group"] == "pendulum-swingup/bro/utd1_w16_b16_lr3e-4"
-    assert run["run_id"] == (tmp_path / "wandb" / WANDB_ID_FILE).read_text().strip()
+    assert run["run_id"] == (out / "wandb" / WANDB_ID_FILE).read_text().strip()
     config = run["config"]["update"]
     assert config["critic_width"] == 16 and config["seeds"] == [0, 1]
     assert config["critic_params"] == summary["critic_params"]

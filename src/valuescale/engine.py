@@ -292,9 +292,22 @@ class _Run:
             self._publish()
 
     def _publish(self) -> None:
-        """Hand the rows logged since the last call to the live logs."""
-        self.live.log(self.rows, self._live_from)
+        """Hand the rows logged since the last call to the live logs. They are a view: when they
+        fail (a full disk, a W&B error), the run warns once and trains on without them."""
+        try:
+            self.live.log(self.rows, self._live_from)
+        except Exception as e:  # noqa: BLE001 - any failure of an optional backend
+            log.warning("live logging failed (%r); training goes on without it", e)
+            self._close_live_log(1)
         self._live_from = len(self.rows["seed"])
+
+    def _close_live_log(self, exit_code: int) -> None:
+        live, self.live = self.live, None
+        if live is not None:
+            try:
+                live.close(exit_code)
+            except Exception as e:  # noqa: BLE001
+                log.warning("closing the live logs failed (%r)", e)
 
     def _reset_agent(self) -> None:
         self.resets.append(self.t)
@@ -506,9 +519,7 @@ class _Run:
             exit_code = 0
             return summary
         finally:
-            if self.live is not None:
-                self.live.close(exit_code)
-                self.live = None
+            self._close_live_log(exit_code)
 
     def _open_live_log(self, resumed: bool) -> None:
         """The live logs (``valuescale.livelog``) when asked for; the rows of a resumed run's

@@ -6,6 +6,7 @@ retrain nothing: test_workflow_dag.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,8 @@ def test_a_real_run_logs_to_tensorboard_and_wandb_offline(tmp_path: Path, monkey
 
 def test_a_resumed_run_marks_its_restart_for_tensorboard(tmp_path: Path) -> None:
     """A resumed run's restart marker drops what the killed process logged after its checkpoint
-    (step 200 here); a fresh start replaces the event folders."""
+    (step 200 here); a fresh start replaces the event folders; a resumed run that had no event
+    folders writes its checkpoint's rows first."""
     cfg = tiny(seeds=(3,), steps=600)
     settings = LiveLogSettings(tensorboard=True)
 
@@ -133,6 +135,14 @@ def test_a_resumed_run_marks_its_restart_for_tensorboard(tmp_path: Path) -> None
     ]  # fmt: skip
     logged(0, False, {100: 7.0})  # stale state discarded: trained again from step 0
     assert _tb_scalars(tmp_path / "tb" / "seed3")["return"] == [(100, 7.0)]
+
+    # logging turned on for a resumed run: the checkpoint's rows first, then the new ones
+    shutil.rmtree(tmp_path / "tb")
+    earlier = {"seed": [3, 3], "step": [100, 200], "metric": ["return"] * 2, "value": [1.0, 2.0]}
+    live = open_live_log(settings, cfg, tmp_path, start_step=200, resumed=True, rows=earlier)
+    live.log({"seed": [3], "step": [300], "metric": ["return"], "value": [3.0]}, 0)
+    live.close()
+    assert _tb_scalars(tmp_path / "tb" / "seed3")["return"] == [(100, 1.0), (200, 2.0), (300, 3.0)]
 
 
 def test_the_cli_refuses_logging_whose_package_is_missing(monkeypatch, capsys) -> None:

@@ -523,7 +523,8 @@ class _Run:
 
     def _open_live_log(self, resumed: bool) -> None:
         """The live logs (``valuescale.livelog``) when asked for; the rows of a resumed run's
-        checkpoint are in them already. Their start-up is not counted in the run's wall time."""
+        checkpoint are in them already (or written now, to a backend that is new). Their start-up
+        is not counted in the run's wall time."""
         self._live_from = len(self.rows["seed"])
         if self.live_settings is None or not self.live_settings.enabled:
             return
@@ -536,6 +537,7 @@ class _Run:
             start_step=self.t,
             resumed=resumed,
             extra_config=extra,
+            rows=self.rows,
         )
         self._t0 += time.perf_counter() - start
 

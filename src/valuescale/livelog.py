@@ -166,10 +166,13 @@ class _TensorBoard:
         name, _ = run_label(cfg)
         hparams = {k: v for k, v in config.items() if isinstance(v, bool | int | float | str)}
         self.writers = {}
+        self.new = not root.is_dir()  # a resumed run's earlier rows are not in it yet
         now = time.time()
         for seed in cfg.seeds:
-            writer = EventFileWriter(str(root / f"seed{seed}"), flush_secs=30)
-            if resumed:
+            folder = root / f"seed{seed}"
+            new = not folder.is_dir()  # also when logging was turned on for a resumed run
+            writer = EventFileWriter(str(folder), flush_secs=30)
+            if resumed and not new:
                 # TensorBoard's restart marker: events of earlier files at steps >= this one are
                 # dropped (logged after the checkpoint by the process that was killed)
                 writer.add_event(
@@ -223,6 +226,7 @@ class _WandB:
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if resumed and id_file.is_file() else ""
+        self.new = not run_id  # a resumed run's earlier rows are not in it yet
         if not run_id:
             run_id = secrets.token_hex(6)
             id_file.write_text(run_id + "\n")
@@ -263,6 +267,20 @@ class _WandB:
 # --------------------------------------------------------------------------- the engine's handle
 
 
+def _points(rows: Mapping[str, list], start: int) -> dict[int, dict[str, list[tuple[int, float]]]]:
+    """``{seed: {metric: [(step, value), ...]}}`` of the rows from index ``start`` on."""
+    points: dict[int, dict[str, list[tuple[int, float]]]] = {}
+    for seed, step, metric, value in zip(
+        rows["seed"][start:],
+        rows["step"][start:],
+        rows["metric"][start:],
+        rows["value"][start:],
+        strict=True,
+    ):
+        points.setdefault(int(seed), {}).setdefault(metric, []).append((int(step), float(value)))
+    return points
+
+
 class LiveLog:
     """The live logs of one run; ``log`` takes the engine's row lists from an index on."""
 
@@ -271,17 +289,7 @@ class LiveLog:
 
     def log(self, rows: Mapping[str, list], start: int) -> None:
         """Log the rows ``rows[...][start:]`` (the engine's ``seed, step, metric, value`` lists)."""
-        points: dict[int, dict[str, list[tuple[int, float]]]] = {}
-        for seed, step, metric, value in zip(
-            rows["seed"][start:],
-            rows["step"][start:],
-            rows["metric"][start:],
-            rows["value"][start:],
-            strict=True,
-        ):
-            points.setdefault(int(seed), {}).setdefault(metric, []).append(
-                (int(step), float(value))
-            )
+        points = _points(rows, start)
         if points:
             for backend in self.backends:
                 backend.log(points)
@@ -305,11 +313,13 @@ def open_live_log(
     start_step: int,
     resumed: bool,
     extra_config: Mapping[str, Any] | None = None,
+    rows: Mapping[str, list] | None = None,
 ) -> LiveLog | None:
     """The live logs of a run of ``cfg`` in ``out_dir`` that starts afresh or resumes
-    (``resumed``) at env step ``start_step``; None when ``settings`` asks for none. A backend
-    whose package is missing is a ``RuntimeError`` naming it (the CLI and the workflow check
-    before this)."""
+    (``resumed``) at env step ``start_step``; None when ``settings`` asks for none. ``rows``: the
+    rows logged before ``start_step`` (a resumed run's), written at once to a backend that does
+    not hold them yet (logging turned on for a resumed run). A backend whose package is missing
+    is a ``RuntimeError`` naming it (the CLI and the workflow check before this)."""
     if settings is None or not settings.enabled:
         return None
     missing = missing_package(settings)
@@ -323,6 +333,10 @@ def open_live_log(
             backends.append(_TensorBoard(out, cfg, config, start_step, resumed))
         if settings.wandb_project is not None:
             backends.append(_WandB(out, cfg, config, settings, resumed))
+        earlier = _points(rows, 0) if rows is not None else {}
+        for backend in backends:
+            if backend.new and earlier:
+                backend.log(earlier)
     except BaseException:
         LiveLog(backends).close(1)
         raise

@@ -30,8 +30,14 @@ Where and how (one train job trains all seeds of a cell in one process):
   its last one), and a run started afresh gets a new id. ``mode: offline`` needs no network
   (``wandb sync <out>/wandb/offline-run-*`` uploads later).
 
-A row logged before the engine noticed that its seed had diverged a few steps earlier stays in
-the live logs (``curves.parquet`` drops it).
+Logging turned on for a run that resumes: the backends that hold nothing of it yet first get the
+rows of its checkpoint. A row logged before the engine noticed that its seed had diverged a few
+steps earlier stays in the live logs (``curves.parquet`` drops it).
+
+Why these layouts: TensorBoard compares runs (folders) on one chart per tag, so seeds as folders
+give the overlay its users expect (tags like ``return/seed0`` would put each seed on a chart of
+its own); W&B users of this paper know the authors' one-run-per-job layout with ``seed<k>/`` and
+``mean/`` keys, and W&B groups and filters runs by config, so a cell is one run there.
 """
 
 from __future__ import annotations

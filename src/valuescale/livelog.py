@@ -248,7 +248,8 @@ class _WandB:
             group=group,
             job_type="train",
             config=dict(config),
-            settings=wandb.Settings(console="off", silent=True),
+            # a busy node can keep W&B's service from answering within its default 90 s
+            settings=wandb.Settings(console="off", silent=True, init_timeout=600),
         )
 
     def log(self, points: Mapping[int, Mapping[str, list[tuple[int, float]]]]) -> None:

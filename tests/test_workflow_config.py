@@ -112,6 +112,10 @@ BAD_CASES = {
     ),
     "compilation_cache_number": (mutate("compilation_cache", 3), ["compilation_cache"]),
     "compilation_cache_empty_path": (mutate("compilation_cache", ""), ["compilation_cache"]),
+    "wandb_project_with_a_space": (
+        mutate("logging", {"wandb": {"project": "my project"}}),
+        ["logging.wandb.project"],
+    ),
     "seeds_per_job_zero": (mutate("seeds_per_job", 0), ["seeds_per_job"]),
     "seeds_per_job_string": (mutate("seeds_per_job", "all"), ["seeds_per_job"]),
     "negative_steps": (mutate("train.steps", -5), ["train.steps"]),

@@ -4,6 +4,7 @@ cell, table and figure, its report), and kill-and-resume of a study's training.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -180,6 +181,9 @@ def test_report_of_the_default_study(default_study, tmp_path):
     html = report.read_text(errors="replace")
     for name in ["fig_scaling.png", "fig_data_efficiency.png", "fits_data_efficiency.csv"]:
         assert name in html, name
+    # the study summary page (test_summary.py renders it), embedded as built
+    page = (default_study.workdir / "results" / "summary.html").read_bytes()
+    assert base64.b64encode(page).decode() in html and "Study summary" in html
 
 
 @pytest.mark.slow

@@ -294,7 +294,14 @@ def test_every_optional_top_level_and_settings_key_has_a_default():
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "published.yaml", "paper_humanoidbench.yaml", "paper_dmc.yaml"]
+    "name",
+    [
+        "config.yaml",
+        "batch_size.yaml",
+        "published.yaml",
+        "paper_humanoidbench.yaml",
+        "paper_dmc.yaml",
+    ],
 )
 def test_shipped_configs_are_valid(tmp_path, name):
     if name == "paper_humanoidbench.yaml" and importlib.util.find_spec("humanoid_bench") is None:

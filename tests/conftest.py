@@ -3,7 +3,9 @@
 - One JAX persistent compilation cache for every test of a run, in this process and in every
   process it starts (engine CLIs, Snakemake jobs, SLURM jobs): the same computation compiles once.
 - ``default_study``: the trained study of ``studies.py``, built once per run in the background while
-  the other tests run; the tests that read it are moved to the end of the run.
+  the other tests run; the tests that read it come after the costly ones (last in one process).
+- The order of the run: the costly tests first (the ``TOGETHER`` groups, tests marked ``slow``),
+  then the shared study's, then the cheap ones, which even out the workers' last minutes.
 - pytest-xdist (``-n``, in addopts): the controller process owns the scratch folder, the cache and
   the study build (it is idle otherwise); workers get the folder through ``workerinput`` and read
   the built study from its record. The workers run niced (``TEST_NICENESS``, their session's
@@ -53,6 +55,11 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class Together(LoadScopeScheduling):
+        def __init__(self, config, log=None) -> None:
+            super().__init__(config, log)
+            # units in collection order (pytest_collection_modifyitems), not by size
+            config.option.loadscopereorder = False
+
         def _split_scope(self, nodeid: str) -> str:
             return _scope(nodeid)
 
@@ -95,10 +102,33 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["VALUESCALE_COMPILATION_CACHE"] = cache
 
 
+def _reads_study(item: pytest.Item) -> bool:
+    return SHARED_STUDY in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests of the shared study last (stable order otherwise): the study trains meanwhile."""
-    items.sort(key=lambda item: SHARED_STUDY in getattr(item, "fixturenames", ()))
+    """The run's order, by unit (``_scope``; stable within each rank): the costly first, so that
+    the run ends on short tests that even out the workers' last minutes: 0 the groups of
+    ``TOGETHER`` (long chains on one worker), 1 tests marked ``slow``, then the cheap tests.
+    The units that read the shared study (it trains meanwhile) come after the slow ones under
+    xdist (the build is done by then; a worker that gets one earlier waits for it), last in one
+    process (the build in its background thread has then had the whole run)."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(_scope(item.nodeid), []).append(item)
+    study_rank = 2 if _worker(config) else 4
+
+    def rank(unit: str) -> int:
+        members = units[unit]
+        if any(_reads_study(item) for item in members):
+            return study_rank
+        if unit in TOGETHER:
+            return 0
+        return 1 if any(item.get_closest_marker("slow") for item in members) else 3
+
+    ranks = {unit: rank(unit) for unit in units}
+    items.sort(key=lambda item: ranks[_scope(item.nodeid)])
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -121,7 +151,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
-    if any(SHARED_STUDY in getattr(item, "fixturenames", ()) for item in session.items):
+    if any(_reads_study(item) for item in session.items):
         if _worker(config):
             (config.stash[_SCRATCH] / _NEEDED).touch()
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,9 +200,15 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + SERVER.cpu_s
 
 
+_WALL_START = pytest.StashKey[float]()
+_SPANS: dict[str, list[tuple[float, float]]] = {}  # worker -> (start, end) of its tests (epoch s)
+_RUN_START = time.time()  # the process that prints the summary: before its workers start
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[_CPU_START] = _cpu_seconds()
+    item.stash[_WALL_START] = time.time()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -210,12 +217,17 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     report = outcome.get_result()
     if report.when == "teardown" and _CPU_START in item.stash:
         report.user_properties.append(("cpu_s", _cpu_seconds() - item.stash[_CPU_START]))
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        report.user_properties.append(("span", (worker, item.stash[_WALL_START], time.time())))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for key, value in report.user_properties:
         if key == "cpu_s" and report.when == "teardown":
             _ROWS.append((value, report.nodeid))
+        if key == "span" and report.when == "teardown":
+            worker, start, end = value
+            _SPANS.setdefault(worker, []).append((start, end))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -241,6 +253,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     build = config.stash.get(_BUILD, None)
     for stage in build.study.stages if build is not None else []:
         write(f"shared study build: snakemake {' '.join(stage.args)}: {stage.seconds:.0f} s wall")
+    # where the run's wall time went per worker (idle: waiting for work or for the run's end)
+    now = time.time()
+    write(f"{whole / (now - _RUN_START) * 100:8.0f} % CPU over the run's {now - _RUN_START:.0f} s")
+    for worker, spans in sorted(_SPANS.items()):
+        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        busy = sum(e - s for s, e in spans)
+        write(
+            f"{worker}: {len(spans)} tests, in tests {busy:.0f} s; first test at "
+            f"{first - _RUN_START:.0f} s, its last one done at {last - _RUN_START:.0f} s"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 - One JAX persistent compilation cache for every test of a run, in this process and in every
   process it starts (engine CLIs, Snakemake jobs, SLURM jobs): the same computation compiles once.
 - ``default_study``: the trained study of ``studies.py``, built once per run in the background while
-  the other tests run; the tests that read it are moved to the end of the run.
+  the other tests run; the tests that read it come after the costly ones (last in one process).
+- The order of the run: the costly tests first (the ``TOGETHER`` groups, tests marked ``slow``),
+  then the shared study's, then the cheap ones, which even out the workers' last minutes.
 - pytest-xdist (``-n``, in addopts): the controller process owns the scratch folder, the cache and
   the study build (it is idle otherwise); workers get the folder through ``workerinput`` and read
   the built study from its record. The workers run niced (``TEST_NICENESS``, their session's
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +56,11 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class Together(LoadScopeScheduling):
+        def __init__(self, config, log=None) -> None:
+            super().__init__(config, log)
+            # units in collection order (pytest_collection_modifyitems), not by size
+            config.option.loadscopereorder = False
+
         def _split_scope(self, nodeid: str) -> str:
             return _scope(nodeid)
 
@@ -95,10 +103,33 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["VALUESCALE_COMPILATION_CACHE"] = cache
 
 
+def _reads_study(item: pytest.Item) -> bool:
+    return SHARED_STUDY in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests of the shared study last (stable order otherwise): the study trains meanwhile."""
-    items.sort(key=lambda item: SHARED_STUDY in getattr(item, "fixturenames", ()))
+    """The run's order, by unit (``_scope``; stable within each rank): the costly first, so that
+    the run ends on short tests that even out the workers' last minutes: 0 the groups of
+    ``TOGETHER`` (long chains on one worker), 1 tests marked ``slow``, then the cheap tests.
+    The units that read the shared study (it trains meanwhile) come after the slow ones under
+    xdist (the build is done by then; a worker that gets one earlier waits for it), last in one
+    process (the build in its background thread has then had the whole run)."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(_scope(item.nodeid), []).append(item)
+    study_rank = 2 if _worker(config) else 4
+
+    def rank(unit: str) -> int:
+        members = units[unit]
+        if any(_reads_study(item) for item in members):
+            return study_rank
+        if unit in TOGETHER:
+            return 0
+        return 1 if any(item.get_closest_marker("slow") for item in members) else 3
+
+    ranks = {unit: rank(unit) for unit in units}
+    items.sort(key=lambda item: ranks[_scope(item.nodeid)])
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -121,7 +152,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
-    if any(SHARED_STUDY in getattr(item, "fixturenames", ()) for item in session.items):
+    if any(_reads_study(item) for item in session.items):
         if _worker(config):
             (config.stash[_SCRATCH] / _NEEDED).touch()
         else:
@@ -169,9 +200,15 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + SERVER.cpu_s
 
 
+_WALL_START = pytest.StashKey[float]()
+_SPANS: dict[str, list[tuple[float, float]]] = {}  # worker -> (start, end) of its tests (epoch s)
+_RUN_START = time.time()  # the process that prints the summary: before its workers start
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[_CPU_START] = _cpu_seconds()
+    item.stash[_WALL_START] = time.time()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -180,12 +217,17 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     report = outcome.get_result()
     if report.when == "teardown" and _CPU_START in item.stash:
         report.user_properties.append(("cpu_s", _cpu_seconds() - item.stash[_CPU_START]))
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        report.user_properties.append(("span", (worker, item.stash[_WALL_START], time.time())))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for key, value in report.user_properties:
         if key == "cpu_s" and report.when == "teardown":
             _ROWS.append((value, report.nodeid))
+        if key == "span" and report.when == "teardown":
+            worker, start, end = value
+            _SPANS.setdefault(worker, []).append((start, end))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -211,6 +253,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     build = config.stash.get(_BUILD, None)
     for stage in build.study.stages if build is not None else []:
         write(f"shared study build: snakemake {' '.join(stage.args)}: {stage.seconds:.0f} s wall")
+    # where the run's wall time went per worker (idle: waiting for work or for the run's end)
+    now = time.time()
+    write(f"{whole / (now - _RUN_START) * 100:8.0f} % CPU over the run's {now - _RUN_START:.0f} s")
+    for worker, spans in sorted(_SPANS.items()):
+        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        busy = sum(e - s for s, e in spans)
+        write(
+            f"{worker}: {len(spans)} tests, in tests {busy:.0f} s; first test at "
+            f"{first - _RUN_START:.0f} s, its last one done at {last - _RUN_START:.0f} s"
+        )
 
 
 @pytest.fixture(scope="session")

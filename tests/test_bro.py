@@ -79,6 +79,7 @@ def test_polyak_update_numerics():
     np.testing.assert_allclose(gap, (0.995**100) * np.array([2.0, -4.0]), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_update_moves_target_by_polyak_and_increases_temperature_at_low_entropy():
     state = bro.init(jax.random.key(0), OBS_DIM, ACT_DIM, TINY)
     batch = _random_batch(jax.random.key(1), TINY.batch_size)
@@ -196,6 +197,7 @@ def test_nan_rewards_make_the_critic_loss_non_finite():
     assert not np.all(np.isfinite(np.asarray(new.critic_params["BroNet_0"]["Dense_0"]["kernel"])))
 
 
+@pytest.mark.slow
 def test_vmapped_multi_seed_update_n_under_jit():
     keys = jax.random.split(jax.random.key(42), 2)
     states = bro.init_seeds(keys, OBS_DIM, ACT_DIM, TINY)
@@ -269,6 +271,7 @@ def test_update_n_rejects_zero_updates():
         bro.update_n(state, replay_init(8, OBS_DIM, ACT_DIM), TINY, 0)
 
 
+@pytest.mark.slow
 def test_analytic_update_flops_agree_with_xla_cost_analysis():
     from valuescale.flops import update_flops
 

@@ -362,6 +362,7 @@ def _tiny_replay(seed: int, bandit: bool = False):
     return replay
 
 
+@pytest.mark.slow
 def test_vmapped_updates_keep_kernels_on_the_sphere_and_learn():
     n_seeds = 2
     keys = jax.random.split(jax.random.PRNGKey(0), n_seeds)

@@ -1,6 +1,11 @@
 """SimbaV2 through the engine (``--agent simbav2``): the step conventions of action repeat (utd per
 agent step, logged steps in simulator steps), and a real tiny run with vmapped seeds, validation
-and a passive critic, a SIGTERM, a resume bit for bit and a seed that diverges after the resume."""
+and a passive critic, a SIGTERM, a resume bit for bit and a seed that diverges after the resume.
+
+The run also holds the engine's optional agent hooks to account (docs/engine-api.md; SimbaV2 is
+the agent that uses them): ``bind`` (the run's planned updates), host statistics in float64
+updated once per agent step, shipped to the device as float32 through ``with_stats``,
+checkpointed, and resumed bit for bit."""
 
 from __future__ import annotations
 
@@ -76,10 +81,30 @@ def test_simbav2_engine_run_sigterm_and_resume_bit_for_bit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import valuescale.engine as engine
+    from valuescale.agents.simbav2.host import host_device
     from valuescale.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     cfg = TrainConfig(**TINY)
-    reference = engine.run_training(cfg, tmp_path / "reference", progress=False)
+    (tmp_path / "reference").mkdir()
+    ref_run = engine._Run(cfg, tmp_path / "reference", progress=False)  # its state, for the hooks
+    reference = ref_run.run(resumed=False)
+    # bind: the decay length is the run's planned updates; run.json keeps the user's null
+    assert ref_run.dev.acfg.lr_decay_updates == cfg.total_updates == 250
+    assert reference["config"]["lr_decay_updates"] is None
+    # host statistics: float64, one observation per agent step acted on in training (the reset
+    # one, then 300), one reward per agent step (300), also for the seed that diverged
+    final = ref_run.host.state
+    arrays = {k: v for k, v in final.items() if k not in ("discount", "g_max")}
+    assert all(v.dtype == np.float64 for v in arrays.values()), arrays
+    np.testing.assert_allclose(final["obs_count"], 1e-4 + 1 + 300)
+    np.testing.assert_allclose(final["ret_count"], 1e-4 + 300)
+    assert not np.allclose(final["obs_mean"], 0.0)
+    # the device got them as float32 through with_stats, at the last step
+    shipped = host_device(ref_run.dev.acfg, final)
+    statistics = ref_run.carry.agent.statistics
+    for name in ("obs_mean", "obs_std", "reward_scale"):
+        assert shipped[name].dtype == np.float32, name
+        np.testing.assert_array_equal(np.asarray(getattr(statistics, name)), shipped[name], name)
 
     # the same run, stopped by a real SIGTERM at simulator step 300 (the engine's handler keeps
     # the step, checkpoints and raises Interrupted), then resumed in the same folder
@@ -100,9 +125,19 @@ def test_simbav2_engine_run_sigterm_and_resume_bit_for_bit(
     assert h["obs_mean"].dtype == np.float64 and h["obs_mean"].shape == (2, 5)
     np.testing.assert_allclose(h["obs_count"], 1e-4 + 1 + 150)
     assert ckpt["t"] == 300 and ckpt["grad_steps"] == 100  # (300 - 100) / 2 agent steps x utd 1
-    resumed = engine.run_training(cfg, out, progress=False)
+    runs = []  # the resumed run's _Run, for its host statistics
+    run = engine._Run.run
 
+    def run_and_keep(self, resumed):
+        runs.append(self)
+        return run(self, resumed)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine._Run, "run", run_and_keep)
+        resumed = engine.run_training(cfg, out, progress=False)
     assert resumed["resumed_at_steps"] == [300]
+    for key, value in final.items():  # the statistics continued bit for bit from the checkpoint
+        np.testing.assert_array_equal(runs[-1].host.state[key], value, err_msg=key)
     for key in ("env_steps", "gradient_steps", "critic_params", "passive_critic_params", "seeds"):
         assert resumed[key] == reference[key], key
     assert reference["env_steps"] == 600 and reference["gradient_steps"] == 250

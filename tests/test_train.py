@@ -12,6 +12,7 @@ import pytest
 
 from valuescale.config import ConfigError, TrainConfig
 from valuescale.envs import make_env
+from valuescale.networks import bro_critic_param_formula
 from valuescale.train import CURVE_COLUMNS, OutDirConflict, _Run, run_training
 
 TINY = dict(
@@ -100,8 +101,9 @@ def _run(cfg: TrainConfig, out: Path) -> _Run:
 @pytest.mark.slow
 def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
     # utd 1.5 alternates 1 and 2 updates after the warm-up; reset_interval 225 gradient steps is
-    # one reset every 150 env steps; 100 quantiles so that the paper's N formula applies.
-    cfg = tiny(seeds=(0, 1), utd=1.5, steps=600, n_quantiles=100, reset_interval=225)
+    # one reset every 150 env steps. The network settings are TINY's, as in the other runs of
+    # this module with two seeds: their step functions compile once per test run (the cache).
+    cfg = tiny(seeds=(0, 1), utd=1.5, steps=600, reset_interval=225)
     assert cfg.reset_steps() == [150, 300, 450]
     run = _run(cfg, tmp_path)
     run_json = json.loads((tmp_path / "run.json").read_text())
@@ -115,9 +117,11 @@ def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
     for package in ("jax", "flax", "optax", "dm_control", "mujoco", "numpy", "valuescale"):
         assert run_json["versions"][package], package
     assert run_json["seeds"] == {"0": {"status": "ok"}, "1": {"status": "ok"}}
-    # N = 2 (4 W^2 + (d_in + 115) W + 100) for depth 2 and 100 quantiles; pendulum: d_in = 3 + 1.
-    width, d_in = 16, 3 + 1
-    assert run_json["critic_params"] == 2 * (4 * width**2 + (d_in + 115) * width + 100)
+    # N = 2 (4 W^2 + (d_in + 15 + Q) W + Q) for depth 2 and Q quantiles (the paper's formula at
+    # its Q = 100, test_networks.py); pendulum: d_in = 3 + 1.
+    width, d_in, q = 16, 3 + 1, TINY["n_quantiles"]
+    assert run_json["critic_params"] == 2 * (4 * width**2 + (d_in + 15 + q) * width + q)
+    assert run_json["critic_params"] == bro_critic_param_formula(d_in, width, n_quantiles=q)
 
     df = pd.read_parquet(tmp_path / "curves.parquet")
     assert tuple(df.columns) == CURVE_COLUMNS
@@ -143,11 +147,12 @@ def test_outputs_resets_non_integer_utd_and_critic_size(tmp_path: Path) -> None:
     mtime = (tmp_path / "curves.parquet").stat().st_mtime_ns
     assert run_training(cfg, tmp_path, progress=False) == run_json
     assert (tmp_path / "curves.parquet").stat().st_mtime_ns == mtime
-    other = tiny(seeds=(0, 1), utd=1.5, steps=600, n_quantiles=100, reset_interval=225, lr=1e-3)
+    other = tiny(seeds=(0, 1), utd=1.5, steps=600, reset_interval=225, lr=1e-3)
     with pytest.raises(OutDirConflict, match="lr"):
         run_training(other, tmp_path)
 
 
+@pytest.mark.slow
 def test_divergence_marks_only_that_seed(tmp_path: Path) -> None:
     # utd 0.5: one update every other env step; seed 1's reward at env step 250 becomes NaN.
     cfg = tiny(seeds=(0, 1), utd=0.5, steps=800, eval_interval=200, _debug_nan_reward=(1, 250))
@@ -175,6 +180,7 @@ def test_divergence_marks_only_that_seed(tmp_path: Path) -> None:
     assert summary["last_eval"]["1"]["step"] < at
 
 
+@pytest.mark.slow
 def test_seed_streams_do_not_depend_on_the_other_seeds(tmp_path: Path) -> None:
     """Seed 3 alone and next to seed 0: same env seeds and keys, so the same run up to float
     rounding differences of the batched computation (exactly equal before training)."""
@@ -195,6 +201,7 @@ def test_seed_streams_do_not_depend_on_the_other_seeds(tmp_path: Path) -> None:
     np.testing.assert_allclose(alone["value"], together["value"], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_validation_and_passive_critic_metrics(tmp_path: Path) -> None:
     cfg = tiny(
         seeds=(0,),

@@ -649,7 +649,7 @@ def test_published_study_tables_are_finite(full_study: dict) -> None:
 
 def test_bootstrap_column_matches_the_keyed_merge(published_table) -> None:
     """The fast reshape of the bootstrap table into ``D_boot`` equals the keyed merge."""
-    from valuescale.analysis.crossings import crossing_tables
+    from valuescale.analysis.crossings import crossing_tables, with_bootstrap_column
     from valuescale.analysis.data_efficiency import attach_bootstrap_table
     from valuescale.analysis.preprocess import preprocess
     from valuescale.analysis.thresholds import compute_thresholds
@@ -657,14 +657,14 @@ def test_bootstrap_column_matches_the_keyed_merge(published_table) -> None:
     df = published_table("utd_scaling_bl")
     curves = preprocess(df)
     tables = crossing_tables(curves, compute_thresholds(curves, n_thresholds=5), n_boot=7)
-    fast = pipeline._with_bootstrap(tables, 7)
+    fast = with_bootstrap_column(tables, 7)
     slow = attach_bootstrap_table(tables.crossings, tables.bootstrap)
     assert len(fast) == len(slow) == len(tables.crossings)
     for a, b in zip(fast["D_boot"], slow["D_boot"], strict=True):
         np.testing.assert_array_equal(a, b)
     # a shuffled bootstrap table fails the layout check and falls back to the merge
     shuffled = type(tables)(tables.crossings, tables.bootstrap.sample(frac=1.0, random_state=0))
-    again = pipeline._with_bootstrap(shuffled, 7)
+    again = with_bootstrap_column(shuffled, 7)
     for a, b in zip(again["D_boot"], slow["D_boot"], strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -730,21 +730,21 @@ def test_proposal_with_real_batch_convention(study: dict, tmp_path) -> None:
 
 
 def test_compute_optimal_numeric_matches_closed_form() -> None:
-    from valuescale.analysis.allocation import compute_optimal
+    from valuescale.analysis.allocation import compute_optimal, compute_optimal_numeric
 
     law = {"D_min": 4e4, "a_J": 3e5, "alpha_J": 1.0, "b_J": 2e11, "beta_J": 0.6}
     D0 = 3e5
-    u, n = pipeline.compute_optimal_numeric(law, D0, lambda u, n: np.full(np.shape(u), 2560.0))
+    u, n = compute_optimal_numeric(law, D0, lambda u, n: np.full(np.shape(u), 2560.0))
     cu, cn = compute_optimal(law, D0)
     assert u == pytest.approx(float(cu), rel=1e-3) and n == pytest.approx(float(cn), rel=1e-3)
     from valuescale.analysis.data_efficiency import predict_D
 
     assert float(predict_D(law, u, n)) == pytest.approx(D0, rel=1e-9)
     # a batch size growing with N makes N dearer: the optimum moves to smaller N, larger σ
-    u2, n2 = pipeline.compute_optimal_numeric(law, D0, lambda u, n: 10.0 * np.sqrt(n))
+    u2, n2 = compute_optimal_numeric(law, D0, lambda u, n: 10.0 * np.sqrt(n))
     assert n2 < n and u2 > u
     assert float(predict_D(law, u2, n2)) == pytest.approx(D0, rel=1e-9)
-    assert np.isnan(pipeline.compute_optimal_numeric(law, 3e4, lambda u, n: 1.0)[0])
+    assert np.isnan(compute_optimal_numeric(law, 3e4, lambda u, n: 1.0)[0])
 
 
 def test_own_runs_study_end_to_end(tmp_path) -> None:

@@ -66,9 +66,9 @@ from valuescale.analysis.fitting import (
     relative_error,
     unscale_power_term,
 )
+from valuescale.catalog import DE_PARAMS  # the table columns' home: valuescale.catalog
 from valuescale.tasks import task_spec
 
-DE_PARAMS = ("D_min", "a_J", "alpha_J", "b_J", "beta_J")
 LOGLINEAR_PARAMS = ("log_intercept", "slope_utd", "slope_critic_params")
 VARIANTS = ("per_env", "shared", "averaged", "loglinear")
 #: Task-averaging normalisations of the ``averaged`` variant (module docstring).
@@ -1171,3 +1171,17 @@ def mean_relative_error(errors: pd.DataFrame, by: Sequence[str] = ("env",)) -> p
         .agg(mean_rel_error="mean", median_rel_error="median", n="size")
         .reset_index()
     )
+
+
+def fit_sources(crossings: pd.DataFrame, holdout: Sequence[str]) -> list[str]:
+    """Curve sources the laws are fitted on: every source not held out, sorted."""
+    return sorted(set(crossings["source"].astype(str)) - set(holdout))
+
+
+def cap_bootstrap(points: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    """Keep the first ``n_boot`` resamples of every ``D_boot`` array."""
+    if "D_boot" not in points:
+        return points
+    out = points.copy()
+    out["D_boot"] = [None if v is None else np.asarray(v)[:n_boot] for v in out["D_boot"]]
+    return out

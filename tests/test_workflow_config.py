@@ -112,6 +112,10 @@ BAD_CASES = {
     ),
     "compilation_cache_number": (mutate("compilation_cache", 3), ["compilation_cache"]),
     "compilation_cache_empty_path": (mutate("compilation_cache", ""), ["compilation_cache"]),
+    "wandb_project_with_a_space": (
+        mutate("logging", {"wandb": {"project": "my project"}}),
+        ["logging.wandb.project"],
+    ),
     "seeds_per_job_zero": (mutate("seeds_per_job", 0), ["seeds_per_job"]),
     "seeds_per_job_string": (mutate("seeds_per_job", "all"), ["seeds_per_job"]),
     "negative_steps": (mutate("train.steps", -5), ["train.steps"]),
@@ -290,7 +294,14 @@ def test_every_optional_top_level_and_settings_key_has_a_default():
 
 
 @pytest.mark.parametrize(
-    "name", ["config.yaml", "published.yaml", "paper_humanoidbench.yaml", "paper_dmc.yaml"]
+    "name",
+    [
+        "config.yaml",
+        "batch_size.yaml",
+        "published.yaml",
+        "paper_humanoidbench.yaml",
+        "paper_dmc.yaml",
+    ],
 )
 def test_shipped_configs_are_valid(tmp_path, name):
     if name == "paper_humanoidbench.yaml" and importlib.util.find_spec("humanoid_bench") is None:

@@ -292,6 +292,16 @@ def test_changing_the_compilation_cache_does_not_retrain(study):
     assert planned_jobs(study, changed(compilation_cache="/tmp/elsewhere")) == []
 
 
+def test_live_logging_reaches_the_engine_and_retrains_nothing(study):
+    # the packages are installed with the test extra (test_livelog.py: refused without them)
+    logging = {"tensorboard": True, "wandb": {"project": "my-project", "mode": "offline"}}
+    assert planned_jobs(study, changed(logging=logging)) == []
+    commands = train_commands(study, changed(logging=logging, train__warmup_steps=600))
+    assert len(commands) == N_TRAIN
+    for command in commands:
+        assert "--tensorboard --wandb-project my-project --wandb-mode offline" in command, command
+
+
 def test_changing_the_grid_of_one_block_keeps_other_blocks(study):
     config = changed()
     extra = dict(config["grid"][0], envs=["cartpole-swingup"], utd=[1], batch_sizes=[128])

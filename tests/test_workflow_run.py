@@ -4,6 +4,7 @@ cell, table and figure, its report), and kill-and-resume of a study's training.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -126,8 +127,10 @@ def test_readme_default_study_end_to_end(default_study, tmp_path):
     tables = default_study.workdir / "results" / "tables"
     for name in ["fits_data_efficiency.csv", "compute_optimal.csv", "thresholds.csv"]:
         assert (tables / name).stat().st_size > 0
-    # A fit is ok only when sound: 3,000 steps of this grid give no sound law (issue 13), so
-    # what it gives must say why, and the allocation must skip every degenerate fit.
+    # A fit is ok only when sound: 3,000 steps are too few for this grid's law (the 20,000-step
+    # default's, all 20 thresholds ok, is measured by benchmarks/default_study.py), so what the
+    # short study gives must say why when it is not ok, and the allocation must skip every
+    # degenerate fit.
     fits = pd.read_csv(tables / "fits_data_efficiency.csv")
     assert len(fits) == 20 and set(fits["status"]) <= {"ok", "degenerate", "failed"}
     not_ok = fits[fits["status"] != "ok"]
@@ -180,6 +183,9 @@ def test_report_of_the_default_study(default_study, tmp_path):
     html = report.read_text(errors="replace")
     for name in ["fig_scaling.png", "fig_data_efficiency.png", "fits_data_efficiency.csv"]:
         assert name in html, name
+    # the study summary page (test_summary.py renders it), embedded as built
+    page = (default_study.workdir / "results" / "summary.html").read_bytes()
+    assert base64.b64encode(page).decode() in html and "Study summary" in html
 
 
 @pytest.mark.slow

@@ -409,6 +409,14 @@ _TABLES: tuple[Table, ...] = (
         inputs=("fits_data_efficiency", "fits_batch_size", "compute_optimal", "budget_fits"),
         description="the compute-optimal runs to make next, as a config fragment (YAML)",
     ),
+    Table(
+        "summary",
+        "summary.html",
+        stage="summary",
+        inputs=("fits_data_efficiency", "fits_batch_size"),
+        description="the report's study summary page: cells by state, wall time and core-hours, "
+        "the fitted laws with their confidence intervals (HTML; also reads each run's run.json)",
+    ),
 )
 
 #: Every table of a study, by key, in the order of the final targets.

@@ -42,6 +42,10 @@ from it (state it cannot use: ``valuescale.rundir.stale_reason``); both are dele
 completes. Starting a run in an out_dir with a complete run.json of the same config returns that
 summary without training.
 
+Optional live logging (TensorBoard, W&B; ``valuescale.livelog``, off by default): after each
+training-metric flush and evaluation the rows just logged go to the open live logs; with logging
+off that is one ``None`` check per flush or evaluation.
+
 JAX is imported lazily (``valuescale.device`` inside ``_Run``) so that the CLI can pin the process
 to ``--threads`` cores before JAX starts its thread pools.
 """
@@ -79,6 +83,7 @@ from valuescale.checkpoint import (
     tree_to_numpy,
 )
 from valuescale.config import CURVE_COLUMNS, TrainConfig
+from valuescale.livelog import LiveLogSettings, open_live_log
 from valuescale.replay_store import REPLAY_DIR
 from valuescale.rundir import discard as discard_state
 from valuescale.rundir import discard_stale as discard_stale_state
@@ -128,7 +133,13 @@ def package_versions() -> dict[str, str | None]:
 class _Run:
     """Host side of one training run (envs, counters, logs) around the device carry."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: Path, progress: bool | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: Path,
+        progress: bool | None,
+        live: LiveLogSettings | None = None,
+    ) -> None:
         from valuescale.device import Device, HostStats
         from valuescale.envs import ActionRepeat
         from valuescale.envs import make_env as make_plain
@@ -142,6 +153,9 @@ class _Run:
             return ActionRepeat(env, repeat) if repeat > 1 else env
 
         self.cfg, self.out_dir = cfg, out_dir
+        self.live_settings = live
+        self.live: Any = None  # the open live logs (valuescale.livelog), None when off
+        self._live_from = 0  # rows before this index are in the live logs
         self.progress = sys.stderr.isatty() if progress is None else progress
         seeds = cfg.seeds
         self.n_seeds = len(seeds)
@@ -229,6 +243,8 @@ class _Run:
                     continue
                 for k, v in zip(names, values, strict=True):
                     self._add_rows(i, self.t, k, v)
+        if self.live is not None:
+            self._publish()
         self.carry = carry.replace(
             sums=self.dev.zero_sums(self.train_metrics), count=self.dev.zero()
         )
@@ -272,6 +288,26 @@ class _Run:
                 self._add_rows(i, self.t, "return", returns[i].mean())
                 means.append(returns[i].mean())
         self.last_return = float(np.mean(means)) if means else None
+        if self.live is not None:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Hand the rows logged since the last call to the live logs. They are a view: when they
+        fail (a full disk, a W&B error), the run warns once and trains on without them."""
+        try:
+            self.live.log(self.rows, self._live_from)
+        except Exception as e:  # noqa: BLE001 - any failure of an optional backend
+            log.warning("live logging failed (%r); training goes on without it", e)
+            self._close_live_log(1)
+        self._live_from = len(self.rows["seed"])
+
+    def _close_live_log(self, exit_code: int) -> None:
+        live, self.live = self.live, None
+        if live is not None:
+            try:
+                live.close(exit_code)
+            except Exception as e:  # noqa: BLE001
+                log.warning("closing the live logs failed (%r)", e)
 
     def _reset_agent(self) -> None:
         self.resets.append(self.t)
@@ -465,15 +501,45 @@ class _Run:
         S, d = self.n_seeds, self.obs_dim
         packed = np.zeros((S, 2 + 2 * d), np.float32)
         vpacked = np.zeros((S, 2 + 2 * d), np.float32)
-        progress = _Progress(cfg, self.t, self.grad_steps, self.progress)
-        with _StopSignals() as stop:
-            self._loop(progress, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop)
-        progress.close()
-        summary = self._write_outputs(complete=True)
-        if ckpt_path.exists():
-            ckpt_path.unlink()
-        shutil.rmtree(self.out_dir / REPLAY_DIR, ignore_errors=True)
-        return summary
+        self._open_live_log(resumed)
+        exit_code = 1
+        try:
+            progress = _Progress(cfg, self.t, self.grad_steps, self.progress)
+            try:
+                with _StopSignals() as stop:
+                    self._loop(progress, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop)
+            except Interrupted:
+                exit_code = 0  # stopped, to be resumed: not a failure
+                raise
+            progress.close()
+            summary = self._write_outputs(complete=True)
+            if ckpt_path.exists():
+                ckpt_path.unlink()
+            shutil.rmtree(self.out_dir / REPLAY_DIR, ignore_errors=True)
+            exit_code = 0
+            return summary
+        finally:
+            self._close_live_log(exit_code)
+
+    def _open_live_log(self, resumed: bool) -> None:
+        """The live logs (``valuescale.livelog``) when asked for; the rows of a resumed run's
+        checkpoint are in them already (or written now, to a backend that is new). Their start-up
+        is not counted in the run's wall time."""
+        self._live_from = len(self.rows["seed"])
+        if self.live_settings is None or not self.live_settings.enabled:
+            return
+        start = time.perf_counter()
+        extra = {"critic_params": int(self.critic_params), "out_dir": str(self.out_dir)}
+        self.live = open_live_log(
+            self.live_settings,
+            self.cfg,
+            self.out_dir,
+            start_step=self.t,
+            resumed=resumed,
+            extra_config=extra,
+            rows=self.rows,
+        )
+        self._t0 += time.perf_counter() - start
 
     def _loop(self, progress, eval_steps, reset_steps, ckpt_path, packed, vpacked, stop) -> None:
         cfg = self.cfg
@@ -737,6 +803,7 @@ def _run_held(
     progress: bool | None,
     compilation_cache: str | os.PathLike | None,
     discard_stale: bool,
+    live: LiveLogSettings | None = None,
 ) -> dict[str, Any]:
     restore_complete_outputs(out)
     reason = stale_reason(out, cfg)
@@ -756,7 +823,7 @@ def _run_held(
             return previous
     if compilation_cache is not None:
         enable_compilation_cache(compilation_cache)
-    run = _Run(cfg, out, progress)
+    run = _Run(cfg, out, progress, live)
     if ckpt is not None:
         try:
             run.restore(ckpt)  # reads every array back (the replay chunks' CRCs included)
@@ -767,7 +834,8 @@ def _run_held(
                     f"{out}: {reason}; delete it (or the folder) or pass --discard-stale"
                 ) from e
             discard_state(out, reason)
-            run, ckpt = _Run(cfg, out, progress), None  # host state untouched by the failed read
+            # a new run: host state untouched by the failed read
+            run, ckpt = _Run(cfg, out, progress, live), None
     return run.run(resumed=ckpt is not None)
 
 
@@ -778,6 +846,7 @@ def run_training(
     compilation_cache: str | os.PathLike | None = None,
     discard_stale: bool = False,
     wait: bool = False,
+    live: LiveLogSettings | None = None,
 ) -> dict[str, Any]:
     """Train all seeds of ``cfg`` in this process; write outputs to ``out_dir``; return the
     summary (the content of run.json).
@@ -791,10 +860,12 @@ def run_training(
     The folder is held for the whole run (``hold_run_folder``): while another live process holds
     it, this raises ``RunFolderBusy`` naming the folder and that process, and touches nothing, or
     with ``wait`` waits for it to end first (then returns the run it completed, if it did).
+    ``live``: optional live logging (TensorBoard, W&B; ``valuescale.livelog``), off by default;
+    it changes no result.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"run_training: cfg must be a TrainConfig, got {type(cfg).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with hold_run_folder(out, wait=wait):
-        return _run_held(cfg, out, progress, compilation_cache, discard_stale)
+        return _run_held(cfg, out, progress, compilation_cache, discard_stale, live)

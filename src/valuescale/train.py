@@ -35,6 +35,7 @@ from valuescale.engine import (  # noqa: F401 (the engine's API, re-exported)
     package_versions,
     run_training,
 )
+from valuescale.livelog import WANDB_MODES, LiveLogSettings, missing_package
 from valuescale.settings import field_kind
 
 log = logging.getLogger("valuescale.train")
@@ -114,6 +115,30 @@ def build_parser(agent: str = "bro") -> argparse.ArgumentParser:
         help="when another live engine holds --out (an orphan of a killed Snakemake, say), wait "
         "for it to end instead of stopping with exit 2; a run it completed is then returned as it "
         "is (the workflow's train rule passes it)",
+    )
+    live = parser.add_argument_group(
+        "live logging (optional; changes no result, so a run resumes across a change of these)"
+    )
+    live.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write TensorBoard event files, one folder per seed: --out/tb/seed<k> (needs the "
+        "tensorboard package: pip install 'valuescale[tensorboard]')",
+    )
+    live.add_argument(
+        "--wandb-project",
+        default=None,
+        metavar="NAME",
+        help="log to this Weights & Biases project, one W&B run per engine run, files in "
+        "--out/wandb (needs the wandb package: pip install 'valuescale[wandb]'; default: off)",
+    )
+    live.add_argument("--wandb-entity", default=None, metavar="NAME", help="W&B entity (team)")
+    live.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        default="online",
+        help="offline: write the W&B run locally only (wandb sync uploads it later)",
     )
     for f in setting_fields(agent):
         kwargs: dict[str, Any] = {"help": docs.get(f.name, ""), "dest": f.name}
@@ -211,6 +236,10 @@ RUN_OPTIONS: tuple[str, ...] = (
     "compilation_cache",
     "discard_stale",
     "wait",
+    "tensorboard",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_mode",
 )
 
 
@@ -242,10 +271,31 @@ def parse_cli(
     return parser, run, cfg
 
 
+def live_settings(parser: argparse.ArgumentParser, run: dict[str, Any]) -> LiveLogSettings:
+    """The live-logging settings of the run options; exits 2 when a W&B flag comes without
+    --wandb-project or a backend's package is missing (before any training)."""
+    if run["wandb_project"] is None:
+        for key in ("wandb_entity",):
+            if run[key] is not None:
+                parser.error(f"argument {_flag(key)}: needs --wandb-project")
+    settings = LiveLogSettings(
+        tensorboard=run["tensorboard"],
+        wandb_project=run["wandb_project"],
+        wandb_entity=run["wandb_entity"],
+        wandb_mode=run["wandb_mode"],
+    )
+    missing = missing_package(settings)
+    if missing is not None:
+        flag = "--tensorboard" if missing[0] == "logging.tensorboard" else "--wandb-project"
+        parser.error(f"argument {flag}: {missing[1]}")
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (``python -m valuescale.train``); returns the exit code."""
     parser, run, cfg = parse_cli(argv)
     out, threads, progress = run["out"], run["threads"], run["progress"]
+    live = live_settings(parser, run)
     if threads is not None:
         allowed = len(os.sched_getaffinity(0))
         if not 1 <= threads <= allowed:
@@ -273,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compilation_cache=run["compilation_cache"],
             discard_stale=run["discard_stale"],
             wait=run["wait"],
+            live=live,
         )
     except (OutDirConflict, RunFolderBusy) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -187,6 +187,18 @@ def check_analysis(cfg):
         )
 
 
+def check_logging(cfg):
+    """The live-logging settings of the train jobs (valuescale.livelog); a backend whose
+    package is not installed here is refused, naming the key and how to install it."""
+    from valuescale.livelog import LiveLogSettings, missing_package
+
+    settings = LiveLogSettings.from_config(cfg["logging"])
+    missing = missing_package(settings)
+    if missing is not None:
+        raise config_error(*missing)
+    return settings
+
+
 # ----------------------------------------------------------------------------- published data
 
 
@@ -265,6 +277,8 @@ check_analysis(config)
 PUBLISHED, PUBLISHED_SKIPPED = resolve_published(config)
 DESIGN_DIR = resolve_design_dir(config) if PUBLISHED else None
 
+LIVE_LOG = check_logging(config)
+
 if not TRAIN_JOBS and not PUBLISHED:
     raise config_error(
         "grid", "the study is empty: no training cells and no published zips to analyse"
@@ -277,6 +291,11 @@ if not TRAIN_JOBS and not PUBLISHED:
 def get_train_runs():
     """curves.parquet of every train job of the study."""
     return [f"{RUN_DIR.format(**job._asdict())}/curves.parquet" for job in TRAIN_JOBS]
+
+
+def get_train_summaries():
+    """run.json of every train job of the study."""
+    return [f"{RUN_DIR.format(**job._asdict())}/run.json" for job in TRAIN_JOBS]
 
 
 # Train settings that change no result: passed to the engine outside the tracked params, so
@@ -323,13 +342,16 @@ def get_train_args(wildcards):
 
 
 def get_train_run_args(wildcards, output):
-    """The run folder and the operational settings. Derived from the output (Snakemake excludes
-    params computed from `output` from its params rerun trigger)."""
+    """The run folder and the operational settings (checkpointing, compilation cache, live
+    logging). Derived from the output (Snakemake excludes params computed from `output` from its
+    params rerun trigger)."""
     settings = train_settings(wildcards.env)
     out_dir = os.path.dirname(output.curves)
     args = f"--out {out_dir} --checkpoint-every {settings['checkpoint_every']}"
     if COMPILATION_CACHE is not None:
         args += f" --compilation-cache {COMPILATION_CACHE}"
+    if LIVE_LOG.enabled:  # config['logging']: operational, like the two above
+        args += f" {LIVE_LOG.cli_args()}"
     return args
 
 

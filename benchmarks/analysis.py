@@ -35,16 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_PUBLISHED = (REPO / ".." / "shared" / "data" / "published").resolve()
 TARGET_S = 120.0
-FIGURE_INPUTS: dict[str, list[str]] = {
-    "fig_scaling": ["crossings", "fits_data_efficiency", "compute_optimal"],
-    "fig_batch_size": ["best_batch_size", "fits_batch_size"],
-    "fig_data_efficiency": ["crossings", "fits_data_efficiency"],
-    "fig_budget": ["budget_optimal", "budget_fits"],
-    "fig_preprocessing": ["curves", "thresholds"],
-    "fig_passive_critic": ["curves", "passive_critic_slopes"],
-    "fig_overfitting": ["curves"],
-    "fig_learning_curves": ["curves", "thresholds"],
-}
 
 
 def schema_defaults(node: dict[str, Any], defs: dict[str, Any]) -> Any:
@@ -151,9 +141,14 @@ class Timer:
         print(f"  {stage:<34s} {seconds:7.1f} s wall {cpu_s:7.1f} s CPU", flush=True)
 
 
-def headline(tables: Path) -> None:
-    """Print the numbers the paper reports, from the evaluation tables."""
-    fe = pd.read_csv(tables / "fit_errors.csv")
+def headline(root: Path) -> None:
+    """Print the numbers the paper reports, from the evaluation tables of the study in ``root``."""
+    from valuescale.catalog import table_path
+
+    def table(key: str) -> Path:
+        return Path(table_path(key, str(root)))
+
+    fe = pd.read_csv(table("fit_errors"))
     d = fe[(fe["quantity"] == "D") & (fe["variant"] == "per_env") & (fe["scope"] == "average")]
     print("\nD_J fit errors (per_env, mean over envs; paper: 10.0 / 14.9 / 18.0 %):")
     for row in d.itertuples(index=False):
@@ -169,7 +164,7 @@ def headline(tables: Path) -> None:
                 f"  {row.agent} {row.scope} {row.set:<7s} {row.variant:<10s} "
                 f"{100 * row.mean_rel_error:5.1f} % (n = {row.n})"
             )
-    path = tables / "allocation_strategies.csv"
+    path = table("allocation_strategies")
     if path.is_file():
         st = pd.read_csv(path)
         print("allocation strategies (data relative to compute-optimal, equal budget):")
@@ -178,19 +173,19 @@ def headline(tables: Path) -> None:
                 f"  {row.strategy:<16s} mean {row.mean_ratio:.3f} median {row.median_ratio:.3f} "
                 f"(n = {row.n}, not reached {row.n_not_reached})"
             )
-    path = tables / "passive_critic_slopes.csv"
+    path = table("passive_critic_slopes")
     if path.is_file():
         ps = pd.read_csv(path)
         print("passive critic: average log-log slope of validation TD loss:")
         for row in ps[ps["env"] == "average"].itertuples(index=False):
             print(f"  {row.metric:<32s} vs {row.against:<14s} {row.slope:+.3f}")
-    fits = pd.read_csv(tables / "fits_data_efficiency.csv")
+    fits = pd.read_csv(table("fits_data_efficiency"))
     laws = fits[fits["variant"] != "loglinear"]
     print(
         f"D_J fits: {int((laws['status'] == 'degenerate').sum())} of {len(laws)} degenerate "
         "(skipped by allocation, budget lines, proposals, fit errors)"
     )
-    bf = pd.read_csv(tables / "budget_fits.csv")
+    bf = pd.read_csv(table("budget_fits"))
     if len(bf):
         print("budget lines, median R^2 (log space, all budgets) by variant:")
         columns = ["r2", "r2_direct"] if "r2_direct" in bf else ["r2"]
@@ -237,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
 
-    from valuescale import pipeline
+    from valuescale import catalog, pipeline
 
     zips = sorted(args.published.glob("*.zip"))
     if not zips:
@@ -248,59 +243,60 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="valuescale-bench-") as tmp:
         root = args.out or Path(tmp)
-        t = root / "tables"
+
+        def t(key: str, **wildcards: str) -> Path:  # where the workflow writes table `key`
+            return Path(catalog.table_path(key, str(root), **wildcards))
+
         timer = Timer()
         print(f"{len(zips)} published zips from {args.published}; results in {root}")
         total_start = time.perf_counter()
 
         def ingest() -> None:
             for z in zips:
-                pipeline.import_published(z, z.stem, t / "published" / f"{z.stem}.parquet")
-            pipeline.merge_curves(
-                [t / "published" / f"{z.stem}.parquet" for z in zips], t / "curves.parquet"
-            )
+                pipeline.import_published(z, z.stem, t("published", name=z.stem))
+            pipeline.merge_curves([t("published", name=z.stem) for z in zips], t("curves"))
 
         timer.run("ingest (import + merge)", ingest)
         timer.run(
             "crossings (+ thresholds, B*)",
             lambda: pipeline.crossings(
-                t / "curves.parquet",
-                out_crossings=t / "crossings.parquet",
-                out_thresholds=t / "thresholds.csv",
-                out_best_batch_size=t / "best_batch_size.csv",
+                t("curves"),
+                out_crossings=t("crossings"),
+                out_thresholds=t("thresholds"),
+                out_best_batch_size=t("best_batch_size"),
                 settings=settings["crossings"],
             ),
         )
         timer.run(
             "fits",
             lambda: pipeline.fits(
-                t / "crossings.parquet",
-                t / "best_batch_size.csv",
-                out_batch_size=t / "fits_batch_size.csv",
-                out_data_efficiency=t / "fits_data_efficiency.csv",
+                t("crossings"),
+                t("best_batch_size"),
+                out_batch_size=t("fits_batch_size"),
+                out_data_efficiency=t("fits_data_efficiency"),
                 settings=settings["fits"],
             ),
         )
         timer.run(
             "allocation",
             lambda: pipeline.allocation(
-                t / "crossings.parquet",
-                t / "fits_data_efficiency.csv",
-                t / "fits_batch_size.csv",
-                out_compute_optimal=t / "compute_optimal.csv",
-                out_budget_optimal=t / "budget_optimal.csv",
-                out_budget_fits=t / "budget_fits.csv",
+                t("crossings"),
+                t("fits_data_efficiency"),
+                t("fits_batch_size"),
+                out_compute_optimal=t("compute_optimal"),
+                out_budget_optimal=t("budget_optimal"),
+                out_budget_fits=t("budget_fits"),
                 settings=settings["allocation"],
             ),
         )
         timer.run(
             "fit_errors",
             lambda: pipeline.fit_errors(
-                t / "crossings.parquet",
-                t / "fits_data_efficiency.csv",
-                t / "best_batch_size.csv",
-                t / "fits_batch_size.csv",
-                out=t / "fit_errors.csv",
+                t("crossings"),
+                t("fits_data_efficiency"),
+                t("best_batch_size"),
+                t("fits_batch_size"),
+                out=t("fit_errors"),
                 settings=settings["evaluation"],
             ),
         )
@@ -309,28 +305,28 @@ def main(argv: list[str] | None = None) -> int:
             timer.run(
                 "allocation_strategies",
                 lambda: pipeline.allocation_strategies(
-                    t / "crossings.parquet",
+                    t("crossings"),
                     design,
-                    out=t / "allocation_strategies.csv",
+                    out=t("allocation_strategies"),
                     settings=settings["evaluation"],
                 ),
             )
         timer.run(
             "passive_critic_slopes",
             lambda: pipeline.passive_critic_slopes(
-                t / "curves.parquet",
-                out=t / "passive_critic_slopes.csv",
+                t("curves"),
+                out=t("passive_critic_slopes"),
                 settings=settings["evaluation"],
             ),
         )
         timer.run(
             "proposal",
             lambda: pipeline.proposal(
-                t / "fits_data_efficiency.csv",
-                t / "fits_batch_size.csv",
-                t / "compute_optimal.csv",
-                t / "budget_fits.csv",
-                out=root / "proposal.yaml",
+                t("fits_data_efficiency"),
+                t("fits_batch_size"),
+                t("compute_optimal"),
+                t("budget_fits"),
+                out=t("proposal"),
                 settings=settings["proposal"],
             ),
         )
@@ -340,19 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as exc:
                 print(f"  figures skipped: {exc}")
             else:
-                for name, keys in FIGURE_INPUTS.items():
-                    inputs = {
-                        k: str(t / (f"{k}.parquet" if k in ("curves", "crossings") else f"{k}.csv"))
-                        for k in keys
-                    }
+                for name, spec in catalog.FIGURES.items():
+                    inputs = {k: str(t(k)) for k in spec.inputs}  # as the workflow passes them
+                    pdf, png = (root / f for f in spec.files)
                     timer.run(
                         f"figure {name}",
-                        lambda name=name, inputs=inputs: pipeline.figure(
-                            name,
-                            inputs,
-                            out_pdf=root / "figures" / f"{name}.pdf",
-                            out_png=root / "figures" / f"{name}.png",
-                            settings=settings["figures"],
+                        lambda name=name, inputs=inputs, pdf=pdf, png=png: pipeline.figure(
+                            name, inputs, out_pdf=pdf, out_png=png, settings=settings["figures"]
                         ),
                     )
         total = time.perf_counter() - total_start
@@ -363,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if total <= TARGET_S else 'MISSED'}; tables alone {tables_s:.1f} s; "
             f"load average {os.getloadavg()[0]:.1f})"
         )
-        headline(t)
+        headline(root)
     return 0
 
 

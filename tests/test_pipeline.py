@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from valuescale import pipeline
+from valuescale import catalog, pipeline
 from valuescale.analysis.allocation import params_from_width
 from valuescale.analysis.ingest import CURVE_COLUMNS, import_published, write_table
 from valuescale.tasks import TASKS
@@ -426,6 +426,36 @@ def test_passive_critic_stage_without_passive_runs(study: dict, tmp_path) -> Non
     assert table.empty and {"env", "against", "slope"} <= set(table.columns)
 
 
+def assert_catalogue_columns(key: str, path: Path) -> None:
+    """The table at ``path`` has the catalogue's columns of ``key`` first and in order, then only
+    catalogue extra columns, in their order (valuescale.catalog: the tables' one home)."""
+    spec = catalog.TABLES[key]
+    assert Path(path).name == Path(spec.file).name, key
+    table = pd.read_parquet(path) if Path(path).suffix == ".parquet" else pd.read_csv(path)
+    written = list(table.columns)
+    assert written[: len(spec.columns)] == list(spec.columns), key
+    extra = written[len(spec.columns) :]
+    assert extra == [c for c in spec.extra_columns if c in extra], (key, extra)
+
+
+def test_stages_write_the_catalogue_columns(study: dict, published_dir: Path, tmp_path) -> None:
+    """What the stages write is what valuescale.catalog says (names, columns, order)."""
+    written = [k for k in catalog.TABLES if k in study]  # curves ... budget_fits
+    assert len(written) == 9
+    for key in written:
+        assert_catalogue_columns(key, study[key])
+    de = pd.read_csv(study["fits_data_efficiency"])
+    assert {"D_min_lo", "batch_choice"} <= set(de.columns)  # extras are really written
+    ev = settings("evaluation")
+    out = tmp_path / "allocation_strategies.csv"
+    designs = sorted((published_dir / "design").glob("*.csv"))
+    pipeline.allocation_strategies(study["crossings"], designs, out=out, settings=ev)
+    assert_catalogue_columns("allocation_strategies", out)
+    out = tmp_path / "passive_critic_slopes.csv"
+    pipeline.passive_critic_slopes(study["curves"], out=out, settings=ev)
+    assert_catalogue_columns("passive_critic_slopes", out)
+
+
 def test_proposal_is_a_runnable_config_fragment(study: dict) -> None:
     import jsonschema
 
@@ -649,7 +679,7 @@ def test_published_study_tables_are_finite(full_study: dict) -> None:
 
 def test_bootstrap_column_matches_the_keyed_merge(published_table) -> None:
     """The fast reshape of the bootstrap table into ``D_boot`` equals the keyed merge."""
-    from valuescale.analysis.crossings import crossing_tables
+    from valuescale.analysis.crossings import crossing_tables, with_bootstrap_column
     from valuescale.analysis.data_efficiency import attach_bootstrap_table
     from valuescale.analysis.preprocess import preprocess
     from valuescale.analysis.thresholds import compute_thresholds
@@ -657,14 +687,14 @@ def test_bootstrap_column_matches_the_keyed_merge(published_table) -> None:
     df = published_table("utd_scaling_bl")
     curves = preprocess(df)
     tables = crossing_tables(curves, compute_thresholds(curves, n_thresholds=5), n_boot=7)
-    fast = pipeline._with_bootstrap(tables, 7)
+    fast = with_bootstrap_column(tables, 7)
     slow = attach_bootstrap_table(tables.crossings, tables.bootstrap)
     assert len(fast) == len(slow) == len(tables.crossings)
     for a, b in zip(fast["D_boot"], slow["D_boot"], strict=True):
         np.testing.assert_array_equal(a, b)
     # a shuffled bootstrap table fails the layout check and falls back to the merge
     shuffled = type(tables)(tables.crossings, tables.bootstrap.sample(frac=1.0, random_state=0))
-    again = pipeline._with_bootstrap(shuffled, 7)
+    again = with_bootstrap_column(shuffled, 7)
     for a, b in zip(again["D_boot"], slow["D_boot"], strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -695,20 +725,13 @@ def test_empty_study_writes_every_table_with_its_columns(tmp_path) -> None:
     pipeline.proposal(p["fits_de"], p["fits_bs"], p["co"], p["bf"], out=t / "proposal.yaml",
                       settings=settings("proposal"))  # fmt: skip
     assert len(pd.read_parquet(t / "crossings.parquet")) == 0
-    expected = {
-        "thresholds": ["env", "agent", "threshold_idx", "threshold"],
-        "best": ["env", "agent", "source", "utd", "critic_params"],
-        "fits_bs": ["scope", "agent", "source", "basis", "level", "a_B"],
-        "fits_de": ["scope", "agent", "source", "variant"],
-        "co": ["scope", "agent", "source", "variant", "threshold_idx"],
-        "bo": ["scope", "agent", "source", "variant", "threshold_idx"],
-        "bf": ["scope", "agent", "source", "variant", "quantity", "slope"],
-        "fe": ["quantity", "variant", "set"],
-        "slopes": ["metric", "env", "against", "slope"],
-    }
-    for key, columns in expected.items():
-        table = pd.read_csv(p[key])
-        assert table.empty and list(table.columns[: len(columns)]) == columns, key
+    keys = {"thresholds": "thresholds", "best": "best_batch_size", "fits_bs": "fits_batch_size",
+            "fits_de": "fits_data_efficiency", "co": "compute_optimal", "bo": "budget_optimal",
+            "bf": "budget_fits", "fe": "fit_errors", "slopes": "passive_critic_slopes"}  # fmt: skip
+    for name, key in keys.items():
+        table = pd.read_csv(p[name])
+        assert table.empty and list(table.columns) == catalog.columns(key), key
+    assert list(pd.read_parquet(t / "crossings.parquet").columns) == catalog.columns("crossings")
     assert yaml.safe_load((t / "proposal.yaml").read_text())["grid"] == []
 
 
@@ -730,21 +753,21 @@ def test_proposal_with_real_batch_convention(study: dict, tmp_path) -> None:
 
 
 def test_compute_optimal_numeric_matches_closed_form() -> None:
-    from valuescale.analysis.allocation import compute_optimal
+    from valuescale.analysis.allocation import compute_optimal, compute_optimal_numeric
 
     law = {"D_min": 4e4, "a_J": 3e5, "alpha_J": 1.0, "b_J": 2e11, "beta_J": 0.6}
     D0 = 3e5
-    u, n = pipeline.compute_optimal_numeric(law, D0, lambda u, n: np.full(np.shape(u), 2560.0))
+    u, n = compute_optimal_numeric(law, D0, lambda u, n: np.full(np.shape(u), 2560.0))
     cu, cn = compute_optimal(law, D0)
     assert u == pytest.approx(float(cu), rel=1e-3) and n == pytest.approx(float(cn), rel=1e-3)
     from valuescale.analysis.data_efficiency import predict_D
 
     assert float(predict_D(law, u, n)) == pytest.approx(D0, rel=1e-9)
     # a batch size growing with N makes N dearer: the optimum moves to smaller N, larger σ
-    u2, n2 = pipeline.compute_optimal_numeric(law, D0, lambda u, n: 10.0 * np.sqrt(n))
+    u2, n2 = compute_optimal_numeric(law, D0, lambda u, n: 10.0 * np.sqrt(n))
     assert n2 < n and u2 > u
     assert float(predict_D(law, u2, n2)) == pytest.approx(D0, rel=1e-9)
-    assert np.isnan(pipeline.compute_optimal_numeric(law, 3e4, lambda u, n: 1.0)[0])
+    assert np.isnan(compute_optimal_numeric(law, 3e4, lambda u, n: 1.0)[0])
 
 
 def test_own_runs_study_end_to_end(tmp_path) -> None:

@@ -1,7 +1,12 @@
 """The stage functions the Snakemake workflow calls (contract: ``docs/pipeline-api.md``).
 
 Each workflow script calls exactly one function here with the rule's inputs, outputs and the
-``settings`` dict built by ``analysis_settings(stage)`` in ``workflow/rules/common.smk``. Every
+``settings`` dict built by ``analysis_settings(stage)`` in ``workflow/rules/common.smk``. This
+module is stage wiring only: each function reads its inputs, turns the settings into arguments,
+calls one analysis function (:mod:`valuescale.analysis.stages`,
+:func:`valuescale.analysis.allocation.allocation_tables`, :mod:`valuescale.analysis.evaluation`,
+:func:`valuescale.analysis.proposal.study_proposals`, :func:`valuescale.plots.render_figure`) and
+writes its outputs; the tables' file names and columns come from :mod:`valuescale.catalog`. Every
 function reads its inputs, checks the columns it needs (a missing or mistyped column is a
 ``ValueError`` naming the file and the column), computes all its tables in memory and only then
 writes them, each atomically (temporary file + ``os.replace``); if writing one of several outputs
@@ -37,195 +42,31 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 
+from valuescale import catalog
 from valuescale.analysis import evaluation
 from valuescale.analysis import ingest as ingest_mod
-from valuescale.analysis import proposal as proposal_mod
-from valuescale.analysis.allocation import (
-    ComputeModel,
-    annotate_budget_points,
-    budget_fit_table,
-    budget_optimal_numeric,
-    budget_optimal_table,
-    compute_optimal,
-    compute_optimal_line,
-    compute_optimal_table,
-    delta_for,
-    law_is_usable,
-    skipped_rows,
-)
-from valuescale.analysis.batch_size_fit import (
-    BATCH_PARAMS,
-    batch_sizes_in_use,
-    fit_batch_size_table,
-)
-from valuescale.analysis.best_config import best_batch_size as best_batch_size_table
-from valuescale.analysis.crossings import CROSSING_COLUMNS, CrossingTables, crossing_tables
-from valuescale.analysis.data_efficiency import (
-    DE_PARAMS,
-    attach_bootstrap_table,
-    exclude_points,
-    fit_data_efficiency_table,
-    select_fit_points,
-    suite_of,
-)
+from valuescale.analysis.allocation import ComputeModel, allocation_tables
+from valuescale.analysis.data_efficiency import exclude_points
 from valuescale.analysis.fitting import DegeneracyRules
-from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, preprocess
-from valuescale.analysis.thresholds import study_thresholds
+from valuescale.analysis.proposal import proposal_header, proposal_yaml, study_proposals
+from valuescale.analysis.stages import crossing_stage_tables, law_fit_tables
 from valuescale.atomic import atomic_write_text
+from valuescale.catalog import BATCH_PARAMS, DE_PARAMS
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-#: Minimum columns of the tables the stages read (docs/pipeline-api.md).
-CURVES_REQUIRED: list[str] = ingest_mod.CURVE_COLUMNS + ["source"]
-CROSSINGS_REQUIRED: list[str] = [
-    "env",
-    "agent",
-    "utd",
-    "critic_params",
-    "batch_size",
-    "lr",
-    "source",
-    "threshold_idx",
-    "threshold",
-    "D",
-]
-BEST_BATCH_REQUIRED: list[str] = ["env", "agent", "utd", "critic_params", "B_star"]
-FITS_DE_REQUIRED: list[str] = [
-    "scope",
-    "variant",
-    "threshold_idx",
-    "threshold",
-    *DE_PARAMS,
-    "status",
-]
-FITS_BATCH_REQUIRED: list[str] = ["scope", *BATCH_PARAMS, "status"]
-BUDGET_FITS_REQUIRED: list[str] = ["scope", "quantity", "slope", "intercept", "r2"]
-COMPUTE_OPTIMAL_REQUIRED: list[str] = ["scope", "D_target", "utd_star", "critic_params_star"]
-
-THRESHOLD_COLUMNS: list[str] = ["env", "agent", "threshold_idx", "threshold"]
-BEST_BATCH_COLUMNS: list[str] = [
-    "env",
-    "agent",
-    "source",
-    "utd",
-    "critic_params",
-    "width",
-    "lr",
-    "B_star",
-    "B_star_lo",
-    "B_star_hi",
-    "n_batch_sizes",
-    "n_boot",
-    "status",
-]
-FITS_BATCH_COLUMNS: list[str] = [
-    "scope",
-    "agent",
-    "source",
-    "basis",
-    "level",
-    "a_B",
-    "alpha_B",
-    "b_B",
-    "beta_B",
-    "rel_error",
-    "loglinear_rel_error",
-    "log_intercept",
-    "slope_utd",
-    "slope_critic_params",
-    "B_geomean",
-    "n_points",
-    "status",
-    "reason",
-]
-FITS_DE_COLUMNS: list[str] = [
-    "scope",
-    "agent",
-    "source",
-    "variant",
-    "group",
-    "envs",
-    "threshold_idx",
-    "threshold",
-    *[f"{p}{s}" for p in DE_PARAMS for s in ("", "_lo", "_hi")],
-    "loss",
-    "n_points",
-    "status",
-    "reason",
-]
-COMPUTE_OPTIMAL_COLUMNS: list[str] = [
-    "scope",
-    "agent",
-    "source",
-    "variant",
-    "threshold_idx",
-    "threshold",
-    "D_target",
-    "utd_star",
-    "critic_params_star",
-    "compute_star",
-    "k",
-    "line_slope",
-    "line_intercept",
-    "status",
-    "reason",
-]
-BUDGET_OPTIMAL_COLUMNS: list[str] = [
-    "scope",
-    "agent",
-    "source",
-    "variant",
-    "threshold_idx",
-    "threshold",
-    "delta",
-    "budget",
-    "utd",
-    "critic_params",
-    "D",
-    "compute",
-    "status",
-    "reason",
-    "D_line",
-    "compute_line",
-    "utd_derived",
-    "critic_params_derived",
-]
-BUDGET_FITS_COLUMNS: list[str] = [
-    "scope",
-    "agent",
-    "source",
-    "variant",
-    "quantity",
-    "slope",
-    "intercept",
-    "r2",
-    "r2_fit",
-    "r2_heldout",
-    "method",
-    "slope_direct",
-    "intercept_direct",
-    "r2_direct",
-    "n_fit",
-    "n_heldout",
-    "budget_min",
-    "budget_max",
-    "status",
-    "reason",
-]
 DEFAULT_VARIANTS: tuple[str, ...] = ("per_env", "shared", "averaged")
 
 
@@ -383,7 +224,8 @@ def import_published(archive: PathLike, name: str, out: PathLike) -> None:
 def merge_curves(tables: Sequence[PathLike], out: PathLike) -> None:
     """Rule ``merge_curves``: own runs + imported archives -> ``tables/curves.parquet``."""
     frames = [
-        ingest_mod.coerce_table(_read(t, CURVES_REQUIRED, "curve table"), str(t)) for t in tables
+        ingest_mod.coerce_table(_read(t, catalog.required("curves"), "curve table"), str(t))
+        for t in tables
     ]
     if frames:
         df = pd.concat(frames, ignore_index=True)
@@ -395,60 +237,13 @@ def merge_curves(tables: Sequence[PathLike], out: PathLike) -> None:
 
 
 def _read_curves(path: PathLike) -> pd.DataFrame:
-    df = _read(path, CURVES_REQUIRED, "curve table")
+    df = _read(path, catalog.required("curves"), "curve table")
     return ingest_mod.coerce_table(df, str(path))
 
 
 # --------------------------------------------------------------------------------------------
 # Crossings
 # --------------------------------------------------------------------------------------------
-
-
-def _thresholds_per_env(
-    curves: list[Curve], envs: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]
-) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Thresholds of every (env, agent) that can have them, and the pairs dropped (with a
-    warning): :func:`valuescale.analysis.thresholds.study_thresholds`."""
-    j_min = {e: v["j_min"] for e, v in envs.items() if v.get("j_min") is not None}
-    j_max = {e: v["j_max"] for e, v in envs.items() if v.get("j_max") is not None}
-    table, dropped, messages = study_thresholds(curves, spec, j_min=j_min, j_max=j_max)
-    for message in messages:
-        log.warning("%s; its curves are left out", message)
-    return (table if len(table) else _empty(THRESHOLD_COLUMNS)), dropped
-
-
-def _with_bootstrap(tables: CrossingTables, n_boot: int) -> pd.DataFrame:
-    """The crossings table with a ``D_boot`` column (the K resamples of each row).
-
-    Uses the row layout of :func:`valuescale.analysis.crossings.crossing_tables` (per
-    configuration a [K, J] block) when it verifies, else a keyed merge.
-    """
-    cr, boot = tables.crossings, tables.bootstrap
-    n_rows = len(cr)
-    if n_rows == 0:
-        return cr.assign(D_boot=pd.Series([], dtype="object"))
-    sizes = cr.groupby(CONFIG_KEYS, dropna=False, sort=False).size()
-    n_thr = int(sizes.iloc[0])
-    n_cfg = len(sizes)
-    fast = (sizes == n_thr).all() and len(boot) == n_rows * n_boot and n_cfg * n_thr == n_rows
-    if fast:
-        t_idx = boot["threshold_idx"].to_numpy().reshape(n_cfg, n_boot, n_thr)
-        b_idx = boot["boot_idx"].to_numpy().reshape(n_cfg, n_boot, n_thr)
-        first_boot = boot[["env", "utd", "critic_params", "batch_size", "source"]].iloc[
-            :: n_boot * n_thr
-        ]
-        first_cr = cr[["env", "utd", "critic_params", "batch_size", "source"]].iloc[::n_thr]
-        fast = (
-            bool((t_idx == cr["threshold_idx"].to_numpy()[:n_thr]).all())
-            and bool((b_idx == np.arange(n_boot)[None, :, None]).all())
-            and first_boot.reset_index(drop=True).equals(first_cr.reset_index(drop=True))
-        )
-    if not fast:
-        return attach_bootstrap_table(cr, boot)
-    D = boot["D"].to_numpy(float).reshape(n_cfg, n_boot, n_thr).transpose(0, 2, 1)
-    out = cr.copy()
-    out["D_boot"] = list(D.reshape(n_rows, n_boot))
-    return out
 
 
 def crossings(
@@ -459,7 +254,8 @@ def crossings(
     out_best_batch_size: PathLike,
     settings: Mapping[str, Any],
 ) -> None:
-    """Rule ``crossings``: preprocess, thresholds, bootstrap crossings D_J, best batch sizes.
+    """Rule ``crossings``: preprocess, thresholds, bootstrap crossings D_J, best batch sizes
+    (:func:`valuescale.analysis.stages.crossing_stage_tables`).
 
     Settings: ``envs`` ({env: j_min, j_max, max_step}), ``reset_interval`` ({agent: gradient
     steps or None}), ``preprocess`` (reset_dips), ``thresholds`` (n, j_max_percentile,
@@ -468,43 +264,39 @@ def crossings(
     """
     df = _read_curves(curves)
     envs = _settings(settings, "envs")
-    spec = _settings(settings, "thresholds")
     boot_spec = _settings(settings, "bootstrap")
-    n_boot = int(boot_spec.get("n", 100))
-    seed = int(boot_spec.get("seed", 0))
-    min_batch = int(_settings(settings, "batch_size").get("min_batch_sizes", 3))
-    max_step = {e: float(v["max_step"]) for e, v in envs.items() if v.get("max_step")}
     reset = dict((settings or {}).get("reset_interval") or {"bro": 2_500_000, "simbav2": None})
-    reset = {a: (None if v in (None, 0) else float(v)) for a, v in reset.items()}
-
-    reset_rule = str(_settings(settings, "preprocess").get("reset_dips", "ours"))
-
-    curve_list = preprocess(df, max_step=max_step, reset_interval=reset, reset_rule=reset_rule)
-    log.info("%d configurations after preprocessing (%s reset rule)", len(curve_list), reset_rule)
-    thresholds, dropped = _thresholds_per_env(curve_list, envs, spec)
-    left_out = set(dropped)
-    curve_list = [c for c in curve_list if (str(c.key["env"]), str(c.key["agent"])) not in left_out]
-    if curve_list:
-        tables = crossing_tables(curve_list, thresholds, n_boot=n_boot, seed=seed)
-        cr = _with_bootstrap(tables, n_boot).assign(reset_dips=reset_rule)
-        best = best_batch_size_table(tables.bootstrap, min_batch_sizes=min_batch)
-    else:
-        log.warning("no configuration has thresholds: writing empty tables")
-        cr = _empty(CROSSING_COLUMNS + ["D_boot"])
-        best = _empty(BEST_BATCH_COLUMNS)
+    tables = crossing_stage_tables(
+        df,
+        j_min={e: v["j_min"] for e, v in envs.items() if v.get("j_min") is not None},
+        j_max={e: v["j_max"] for e, v in envs.items() if v.get("j_max") is not None},
+        thresholds=_settings(settings, "thresholds"),
+        max_step={e: float(v["max_step"]) for e, v in envs.items() if v.get("max_step")},
+        reset_interval={a: (None if v in (None, 0) else float(v)) for a, v in reset.items()},
+        reset_rule=str(_settings(settings, "preprocess").get("reset_dips", "ours")),
+        n_boot=int(boot_spec.get("n", 100)),
+        seed=int(boot_spec.get("seed", 0)),
+        min_batch_sizes=int(_settings(settings, "batch_size").get("min_batch_sizes", 3)),
+    )
+    cr = tables.crossings
+    if cr is None:
+        cr = _empty(catalog.columns("crossings"))
+    best = tables.best_batch_size
+    best = _empty(catalog.columns("best_batch_size")) if best is None else best
     if len(best):
         log.info("best batch size statuses: %s", best["status"].value_counts().to_dict())
+    thresholds = tables.thresholds if len(tables.thresholds) else _empty([])
     _write_outputs(
         {
             out_crossings: cr,
-            out_thresholds: _ordered(thresholds, THRESHOLD_COLUMNS),
-            out_best_batch_size: _ordered(best, BEST_BATCH_COLUMNS),
+            out_thresholds: _ordered(thresholds, catalog.columns("thresholds")),
+            out_best_batch_size: _ordered(best, catalog.columns("best_batch_size")),
         }
     )
 
 
 def _read_crossings(path: PathLike) -> pd.DataFrame:
-    cr = _read(path, CROSSINGS_REQUIRED, "crossings table")
+    cr = _read(path, catalog.required("crossings"), "crossings table")
     cr = _numeric(cr, ["utd", "critic_params", "batch_size", "lr", "threshold", "D", "D_std"], path)
     cr["source"] = cr["source"].astype(str)
     if "width" in cr:
@@ -517,7 +309,7 @@ def _read_crossings(path: PathLike) -> pd.DataFrame:
 
 
 def _read_best_batch(path: PathLike) -> pd.DataFrame:
-    best = _read(path, BEST_BATCH_REQUIRED, "best batch size table")
+    best = _read(path, catalog.required("best_batch_size"), "best batch size table")
     best = _numeric(best, ["utd", "critic_params", "B_star", "B_star_lo", "B_star_hi", "lr"], path)
     if "source" in best:
         best["source"] = best["source"].astype(str)
@@ -527,93 +319,6 @@ def _read_best_batch(path: PathLike) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Fits
 # --------------------------------------------------------------------------------------------
-
-
-def fit_sources(crossings_table: pd.DataFrame, holdout: Sequence[str]) -> list[str]:
-    """Curve sources the laws are fitted on: every source not held out, sorted."""
-    return sorted(set(crossings_table["source"].astype(str)) - set(holdout))
-
-
-def _cap_bootstrap(points: pd.DataFrame, n_boot: int) -> pd.DataFrame:
-    """Keep the first ``n_boot`` resamples of every ``D_boot`` array."""
-    if "D_boot" not in points:
-        return points
-    out = points.copy()
-    out["D_boot"] = [None if v is None else np.asarray(v)[:n_boot] for v in out["D_boot"]]
-    return out
-
-
-def _geomean(values: np.ndarray) -> float:
-    values = values[np.isfinite(values) & (values > 0)]
-    return float(np.exp(np.mean(np.log(values)))) if values.size else np.nan
-
-
-def _add_geomean(fits: pd.DataFrame, data: pd.DataFrame, value: str) -> pd.DataFrame:
-    """``B_geomean`` of each batch-size fit row: the geometric mean of its fitted batch sizes."""
-    out = fits.copy()
-    geo = []
-    for row in out.itertuples(index=False):
-        sel = data[data["agent"] == row.agent]
-        if row.level == "env":
-            sel = sel[sel["env"] == row.scope]
-        elif row.level == "suite":
-            sel = sel[[suite_of(e) == row.scope for e in sel["env"]]]
-        geo.append(_geomean(sel[value].to_numpy(float)))
-    out["B_geomean"] = geo
-    return out
-
-
-def _batch_fits_for_source(
-    source: str,
-    cr: pd.DataFrame,
-    best: pd.DataFrame,
-    n_boot: int,
-    n_starts: int,
-    seed: int,
-    rules: DegeneracyRules | None = None,
-) -> list[pd.DataFrame]:
-    """Batch-size law rows of one source: on measured B*, and on the run batch sizes."""
-    frames = []
-    measured = best[best["source"] == source] if "source" in best else best
-    if len(measured):
-        table = fit_batch_size_table(
-            measured, n_boot=n_boot, n_starts=n_starts, seed=seed, rules=rules
-        )
-        if len(table):
-            frames.append(_add_geomean(table, measured, "B_star").assign(basis="B_star"))
-    design = batch_sizes_in_use(cr, sources=[source])
-    per_config = (
-        cr[cr["source"] == source]
-        .groupby(["env", "agent", "utd", "critic_params", "lr"])["batch_size"]
-        .nunique()
-    )
-    if len(design) and (per_config == 1).all():
-        for agent, runs in design.groupby("agent", sort=True):
-            if runs["B_star"].nunique() == 1:
-                value = float(runs["B_star"].iloc[0])
-                frames.append(
-                    pd.DataFrame(
-                        [
-                            {
-                                "scope": "all",
-                                "agent": agent,
-                                "level": "all",
-                                "basis": "run_batch_size",
-                                "B_geomean": value,
-                                "n_points": len(runs),
-                                "status": "constant",
-                                "reason": f"every run used batch size {value:g}",
-                            }
-                        ]
-                    )
-                )
-                continue
-            table = fit_batch_size_table(
-                runs, min_batch_sizes=1, n_boot=0, n_starts=n_starts, seed=seed, rules=rules
-            )
-            if len(table):
-                frames.append(_add_geomean(table, runs, "B_star").assign(basis="run_batch_size"))
-    return [f.assign(source=source) for f in frames]
 
 
 def fits(
@@ -652,45 +357,33 @@ def fits(
             len(cr_all),
         )
 
-    de_frames, bs_frames = [], []
-    for source in fit_sources(cr, holdout):
-        points = select_fit_points(
-            cr, best, sources=[source], batch_choice=batch_choice, min_batch_sizes=min_batch
+    with _quiet_numerics():
+        bs_frames, de_frames = law_fit_tables(
+            cr_all,
+            cr,
+            best,
+            holdout=holdout,
+            variants=variants,
+            n_boot=n_boot,
+            n_starts=n_starts,
+            seed=seed,
+            task_average=task_average,
+            batch_choice=batch_choice,
+            min_batch_sizes=min_batch,
+            rules=rules,
         )
-        if points.empty:
-            continue
-        points = _cap_bootstrap(points, n_boot)
-        with _quiet_numerics():
-            table = fit_data_efficiency_table(
-                points,
-                variants=variants,
-                n_boot=n_boot,
-                n_starts=n_starts,
-                seed=seed,
-                task_average=task_average,
-                rules=rules,
-            )
-            bs_frames.extend(
-                _batch_fits_for_source(source, cr_all, best, n_boot, n_starts, seed, rules)
-            )
-        if len(table):
-            choices = [batch_choice.get(str(a), "B_star") for a in table["agent"]]
-            de_frames.append(table.assign(source=source, batch_choice=choices))
-            log.info(
-                "%s: data-efficiency fits %s",
-                source,
-                table.groupby(["variant", "status"]).size().to_dict(),
-            )
-    de = pd.concat(de_frames, ignore_index=True) if de_frames else _empty(FITS_DE_COLUMNS)
-    bs = pd.concat(bs_frames, ignore_index=True) if bs_frames else _empty(FITS_BATCH_COLUMNS)
+    de_columns = catalog.columns("fits_data_efficiency")
+    bs_columns = catalog.columns("fits_batch_size")
+    de = pd.concat(de_frames, ignore_index=True) if de_frames else _empty(de_columns)
+    bs = pd.concat(bs_frames, ignore_index=True) if bs_frames else _empty(bs_columns)
     _warn_degenerate(de, "data-efficiency", ["source", "variant", "scope", "threshold_idx"])
     _warn_degenerate(bs, "batch-size", ["source", "basis", "scope"])
     if len(bs):
         log.info("batch-size fits %s", bs.groupby(["basis", "status"]).size().to_dict())
     _write_outputs(
         {
-            out_batch_size: _ordered(bs, FITS_BATCH_COLUMNS),
-            out_data_efficiency: _ordered(de, FITS_DE_COLUMNS),
+            out_batch_size: _ordered(bs, bs_columns),
+            out_data_efficiency: _ordered(de, de_columns),
         }
     )
 
@@ -705,7 +398,7 @@ def _warn_degenerate(table: pd.DataFrame, what: str, keys: Sequence[str]) -> Non
 
 
 def _read_fits_de(path: PathLike) -> pd.DataFrame:
-    fits_de = _read(path, FITS_DE_REQUIRED, "data-efficiency fits table")
+    fits_de = _read(path, catalog.required("fits_data_efficiency"), "data-efficiency fits table")
     fits_de = _numeric(fits_de, ["threshold_idx", "threshold", *DE_PARAMS], path)
     if "source" in fits_de:
         fits_de["source"] = fits_de["source"].fillna("").astype(str)
@@ -718,7 +411,7 @@ def _read_fits_de(path: PathLike) -> pd.DataFrame:
 
 
 def _read_fits_batch(path: PathLike) -> pd.DataFrame:
-    fits_bs = _read(path, FITS_BATCH_REQUIRED, "batch-size fits table")
+    fits_bs = _read(path, catalog.required("fits_batch_size"), "batch-size fits table")
     return _numeric(fits_bs, [*BATCH_PARAMS, "rel_error", "loglinear_rel_error"], path)
 
 
@@ -742,104 +435,6 @@ def _deltas(settings: Mapping[str, Any]) -> dict[str, float]:
         for env, v in _settings(settings, "envs").items()
         if isinstance(v, Mapping) and v.get("delta") is not None
     }
-
-
-def compute_optimal_numeric(
-    params: Mapping[str, float],
-    D_target: float,
-    coefficient: Callable[[np.ndarray, np.ndarray], np.ndarray],
-) -> tuple[float, float]:
-    """(σ*, N*) minimising ``coefficient(σ, N) σ N`` on the iso-D curve ``D_J(σ, N) = D_target``.
-
-    On the curve, ``N(σ) = b / (D_target - D_min - (a/σ)^alpha)^(1/beta)`` for σ above
-    ``a / (D_target - D_min)^(1/alpha)``; the minimum over log σ is found by a bounded scalar
-    search. NaN where ``D_target <= D_min``.
-    """
-    d_min, a, alpha, b, beta = (float(params[k]) for k in DE_PARAMS)
-    remaining = D_target - d_min
-    if not remaining > 0:
-        return np.nan, np.nan
-    log_lo = math.log(a) - math.log(remaining) / alpha + 1e-9
-
-    def n_of(log_u: float) -> float:
-        rest = remaining - (a / math.exp(log_u)) ** alpha
-        return b / rest ** (1.0 / beta) if rest > 0 else math.inf
-
-    def cost(log_u: float) -> float:
-        u = math.exp(log_u)
-        n = n_of(log_u)
-        if not math.isfinite(n):
-            return math.inf
-        return math.log(float(coefficient(np.array(u), np.array(n)))) + log_u + math.log(n)
-
-    closed_u, _ = compute_optimal(params, D_target)
-    centre = math.log(float(closed_u)) if np.isfinite(closed_u) else log_lo + 1.0
-    res = minimize_scalar(cost, bounds=(log_lo, max(centre, log_lo) + 12.0), method="bounded")
-    return float(math.exp(res.x)), float(n_of(res.x))
-
-
-def _real_coefficient(
-    fits_bs: pd.DataFrame | None, row: pd.Series, flops: float
-) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, str]:
-    """``flops * B(σ, N)`` with the batch-size rule of a fit row's scope (an env, or the suite of
-    an averaged fit: :func:`valuescale.analysis.proposal.batch_size_rule` looks for the scope,
-    its suite, then ``all``)."""
-    rule, text = proposal_mod.batch_size_rule(
-        fits_bs, str(row["agent"]), str(row["source"]), str(row["scope"])
-    )
-    if rule is None:
-        return None, text
-
-    def coefficient(u: np.ndarray, n: np.ndarray) -> np.ndarray:
-        return flops * np.asarray(rule(u, n), dtype=float)
-
-    return coefficient, text
-
-
-def _real_tables(
-    usable: pd.DataFrame, fits_bs: pd.DataFrame | None, model: ComputeModel, deltas: Mapping
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Compute- and budget-optimal tables under the real-batch convention (numerical)."""
-    co_rows, bo_rows = [], []
-    ids = ("scope", "agent", "source", "variant", "threshold_idx", "threshold")
-    base_co = compute_optimal_table(usable, k=model.k)
-    for _, row in usable.iterrows():
-        params = {k: float(row[k]) for k in DE_PARAMS}
-        meta = {c: row[c] for c in ids if c in row}
-        coefficient, text = _real_coefficient(fits_bs, row, model.flops_per_param_sample)
-        delta = delta_for(str(row["scope"]), deltas)
-        reason = law_is_usable(params)
-        if coefficient is None or reason:
-            why = reason or f"batch_convention real: {text}"
-            bo_rows.append({**meta, "delta": delta, "status": "failed", "reason": why})
-            continue
-        alloc = budget_optimal_numeric(params, delta, compute_coefficient=coefficient)
-        bo_rows.append({**meta, "delta": delta, **alloc.__dict__})
-        targets = base_co[
-            (base_co["scope"] == row["scope"])
-            & (base_co["agent"] == row["agent"])
-            & (base_co["variant"] == row["variant"])
-            & (base_co["threshold_idx"] == row["threshold_idx"])
-        ]["D_target"].to_numpy(float)
-        slope, intercept = compute_optimal_line(params)
-        for D0 in targets:
-            u, n = compute_optimal_numeric(params, float(D0), coefficient)
-            c = float(coefficient(np.array(u), np.array(n))) if np.isfinite(u) else np.nan
-            co_rows.append(
-                {
-                    **meta,
-                    "D_target": D0,
-                    "utd_star": u,
-                    "critic_params_star": n,
-                    "compute_star": c * u * n * D0,
-                    "k": c,
-                    "line_slope": slope,
-                    "line_intercept": intercept,
-                    "status": "ok" if np.isfinite(u) else "infeasible",
-                    "reason": f"real batch: {text}",
-                }
-            )
-    return pd.DataFrame(co_rows), pd.DataFrame(bo_rows)
 
 
 def allocation(
@@ -870,48 +465,26 @@ def allocation(
         model.flops_per_param_sample,
         len(cr),
     )
-    selected = fits_de[fits_de["variant"].isin(variants)]
-    selected = selected[selected["status"].isin(["ok", "degenerate"])]
-    co_frames, bo_frames, bf_frames = [], [], []
-    for source, group in selected.groupby("source", sort=True):
-        usable = group[group["status"] == "ok"]
-        skipped = skipped_rows(group, variants)
-        _warn_skipped(skipped, source)
-        with _quiet_numerics():
-            if model.batch_convention == "accounting":
-                co = compute_optimal_table(group, variants=variants, k=model.k)
-                bo = budget_optimal_table(group, variants=variants, k=model.k, delta=deltas)
-            else:
-                co, bo = _real_tables(usable, fits_bs, model, deltas)
-                co = _concat([co, skipped], COMPUTE_OPTIMAL_COLUMNS)
-                bo = _concat([bo, skipped], BUDGET_OPTIMAL_COLUMNS)
-            if len(bo):
-                bf = budget_fit_table(bo, n_heldout=n_heldout, fits=usable)
-                bo = annotate_budget_points(bo, usable, n_heldout=n_heldout)
-        co = co.assign(source=source) if len(co) else co
-        bo = bo.assign(source=source) if len(bo) else bo
-        co_frames.append(co)
-        bo_frames.append(bo)
-        if len(bo):
-            bf_frames.append(_budget_ranges(bf.assign(source=source), bo))
-    co = _concat(co_frames, COMPUTE_OPTIMAL_COLUMNS)
-    bo = _concat(bo_frames, BUDGET_OPTIMAL_COLUMNS)
-    bf = _concat(bf_frames, BUDGET_FITS_COLUMNS)
+    with _quiet_numerics():
+        co, bo, bf = allocation_tables(
+            fits_de,
+            fits_bs,
+            model=model,
+            deltas=deltas,
+            n_heldout=n_heldout,
+            variants=variants,
+            on_skipped=_warn_skipped,
+        )
     if len(bf):
         ok = bf[bf["status"] == "ok"]
         log.info("budget lines: %d ok of %d, median r2 %.3f", len(ok), len(bf), ok["r2"].median())
     _write_outputs(
         {
-            out_compute_optimal: _ordered(co, COMPUTE_OPTIMAL_COLUMNS),
-            out_budget_optimal: _ordered(bo, BUDGET_OPTIMAL_COLUMNS),
-            out_budget_fits: _ordered(bf, BUDGET_FITS_COLUMNS),
+            out_compute_optimal: _ordered(co, catalog.columns("compute_optimal")),
+            out_budget_optimal: _ordered(bo, catalog.columns("budget_optimal")),
+            out_budget_fits: _ordered(bf, catalog.columns("budget_fits")),
         }
     )
-
-
-def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else _empty(columns)
 
 
 def _warn_skipped(skipped: pd.DataFrame, source: str) -> None:
@@ -930,14 +503,6 @@ def _warn_skipped(skipped: pd.DataFrame, source: str) -> None:
             thresholds,
             "; ".join(sorted(set(rows["reason"].astype(str))))[:400],
         )
-
-
-def _budget_ranges(budget_fits: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
-    """Add ``budget_min`` / ``budget_max`` (range of the usable F*) to budget-fit rows."""
-    keys = [c for c in ("scope", "agent", "source", "variant") if c in budget_fits and c in points]
-    ok = points[(points["status"] == "ok") & np.isfinite(points["budget"].astype(float))]
-    ranges = ok.groupby(keys)["budget"].agg(budget_min="min", budget_max="max").reset_index()
-    return budget_fits.merge(ranges, on=keys, how="left")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1057,88 +622,34 @@ def proposal(
     """
     fits_de = _read_fits_de(fits_data_efficiency)
     fits_bs = _read_fits_batch(fits_batch_size)
-    _read(compute_optimal, COMPUTE_OPTIMAL_REQUIRED, "compute-optimal table")
-    lines = _read(budget_fits, BUDGET_FITS_REQUIRED, "budget fits table")
+    _read(compute_optimal, catalog.required("compute_optimal"), "compute-optimal table")
+    lines = _read(budget_fits, catalog.required("budget_fits"), "budget fits table")
     model = _compute_model(settings)
     deltas = _deltas(settings)
     spec = _settings(settings, "proposal")
     train = _settings(settings, "train")
     budgets = [float(b) for b in spec.get("budgets") or []]
     threshold_idx = spec.get("threshold_idx")
-    k = model.k
     if model.batch_convention == "real":
         log.warning(
             "proposal: real batch convention approximated with k = %g x B of the rule",
             model.flops_per_param_sample,
         )
     with _quiet_numerics():
-        table = proposal_mod.propose_runs(
+        table = study_proposals(
             fits_de,
             fits_bs,
             lines,
             budgets=budgets,
             threshold_idx=None if threshold_idx is None else int(threshold_idx),
-            delta=lambda env: delta_for(env, deltas),
-            k=k,
+            deltas=deltas,
+            model=model,
             critic_depth=int(train.get("critic_depth", 2)),
             n_quantiles=int(train.get("n_quantiles", 100)),
         )
-        if model.batch_convention == "real":
-            table = _real_batch_proposals(
-                table, fits_de, fits_bs, lines, budgets, threshold_idx, deltas, model, train
-            )
-    header = [
-        "Compute-optimal runs proposed by the fitted laws (valuescale.pipeline.proposal).",
-        "Paste the grid blocks into a study config (format: workflow/schemas/config.schema.yaml).",
-        f"Budget F = C_J + delta * D_J in FLOPs, C_J = {model.flops_per_param_sample:g} x "
-        f"{'B' if model.batch_convention == 'real' else f'{model.accounting_batch:g}'}"
-        " x sigma x N x D_J.",
-        "Each comment: the unrounded allocation (sigma, N, W, B, D, C) and how it was found.",
-        "",
-    ]
     ok = table[table["status"] == "ok"] if len(table) else table
     log.info("proposal: %d of %d proposals usable", len(ok), len(table))
-    _write_outputs({out: proposal_mod.proposal_yaml(table, header)})
-
-
-def _real_batch_proposals(
-    table: pd.DataFrame,
-    fits_de: pd.DataFrame,
-    fits_bs: pd.DataFrame,
-    lines: pd.DataFrame,
-    budgets: Sequence[float],
-    threshold_idx: Any,
-    deltas: Mapping[str, float],
-    model: ComputeModel,
-    train: Mapping[str, Any],
-) -> pd.DataFrame:
-    """Real-batch convention: redo each env's proposals with ``k = flops x B`` at the proposed
-    (σ, N), a few fixed-point rounds (B changes slowly with σ and N)."""
-    for _ in range(4):
-        frames = []
-        for (agent, source, env), group in table.groupby(["agent", "source", "env"], sort=False):
-            batch = float(np.nanmedian(group["batch_size"].to_numpy(float)))
-            k = model.flops_per_param_sample * batch if np.isfinite(batch) else model.k
-            sel = fits_de[
-                (fits_de["agent"] == agent)
-                & (fits_de["source"] == source)
-                & (fits_de["scope"] == env)
-            ]
-            frames.append(
-                proposal_mod.propose_runs(
-                    sel,
-                    fits_bs,
-                    lines,
-                    budgets=budgets,
-                    threshold_idx=None if threshold_idx is None else int(threshold_idx),
-                    delta=lambda e: delta_for(e, deltas),
-                    k=k,
-                    critic_depth=int(train.get("critic_depth", 2)),
-                    n_quantiles=int(train.get("n_quantiles", 100)),
-                )
-            )
-        table = pd.concat(frames, ignore_index=True) if frames else table
-    return table
+    _write_outputs({out: proposal_yaml(table, proposal_header(model))})
 
 
 # --------------------------------------------------------------------------------------------

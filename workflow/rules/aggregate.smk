@@ -6,7 +6,7 @@ rule aggregate:
     input:
         runs=get_train_runs(),
     output:
-        f"{TABLES}/curves_own.parquet",
+        TABLE["curves_own"],
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -24,7 +24,7 @@ rule merge_curves:
     input:
         tables=get_curve_tables(),
     output:
-        f"{TABLES}/curves.parquet",
+        TABLE["curves"],
     log:
         f"{LOGS}/merge_curves.log",
     conda:

@@ -6,17 +6,17 @@
 
 rule crossings:
     input:
-        curves=f"{TABLES}/curves.parquet",
+        curves=TABLE["curves"],
     output:
-        crossings=f"{TABLES}/crossings.parquet",
+        crossings=TABLE["crossings"],
         thresholds=report(
-            f"{TABLES}/thresholds.csv",
+            TABLE["thresholds"],
             caption="../report/thresholds.rst",
             category="Tables",
             subcategory="Data efficiency",
         ),
         best_batch_size=report(
-            f"{TABLES}/best_batch_size.csv",
+            TABLE["best_batch_size"],
             caption="../report/best_batch_size.rst",
             category="Tables",
             subcategory="Batch size",
@@ -39,17 +39,17 @@ rule crossings:
 
 rule fits:
     input:
-        crossings=f"{TABLES}/crossings.parquet",
-        best_batch_size=f"{TABLES}/best_batch_size.csv",
+        crossings=TABLE["crossings"],
+        best_batch_size=TABLE["best_batch_size"],
     output:
         batch_size=report(
-            f"{TABLES}/fits_batch_size.csv",
+            TABLE["fits_batch_size"],
             caption="../report/fits_batch_size.rst",
             category="Tables",
             subcategory="Batch size",
         ),
         data_efficiency=report(
-            f"{TABLES}/fits_data_efficiency.csv",
+            TABLE["fits_data_efficiency"],
             caption="../report/fits_data_efficiency.rst",
             category="Tables",
             subcategory="Data efficiency",
@@ -72,24 +72,24 @@ rule fits:
 
 rule allocation:
     input:
-        crossings=f"{TABLES}/crossings.parquet",
-        fits_data_efficiency=f"{TABLES}/fits_data_efficiency.csv",
-        fits_batch_size=f"{TABLES}/fits_batch_size.csv",
+        crossings=TABLE["crossings"],
+        fits_data_efficiency=TABLE["fits_data_efficiency"],
+        fits_batch_size=TABLE["fits_batch_size"],
     output:
         compute_optimal=report(
-            f"{TABLES}/compute_optimal.csv",
+            TABLE["compute_optimal"],
             caption="../report/compute_optimal.rst",
             category="Tables",
             subcategory="Allocation",
         ),
         budget_optimal=report(
-            f"{TABLES}/budget_optimal.csv",
+            TABLE["budget_optimal"],
             caption="../report/budget_optimal.rst",
             category="Tables",
             subcategory="Allocation",
         ),
         budget_fits=report(
-            f"{TABLES}/budget_fits.csv",
+            TABLE["budget_fits"],
             caption="../report/budget_fits.rst",
             category="Tables",
             subcategory="Allocation",
@@ -111,13 +111,13 @@ rule allocation:
 
 rule fit_errors:
     input:
-        crossings=f"{TABLES}/crossings.parquet",
-        fits_data_efficiency=f"{TABLES}/fits_data_efficiency.csv",
-        best_batch_size=f"{TABLES}/best_batch_size.csv",
-        fits_batch_size=f"{TABLES}/fits_batch_size.csv",
+        crossings=TABLE["crossings"],
+        fits_data_efficiency=TABLE["fits_data_efficiency"],
+        best_batch_size=TABLE["best_batch_size"],
+        fits_batch_size=TABLE["fits_batch_size"],
     output:
         report(
-            f"{TABLES}/fit_errors.csv",
+            TABLE["fit_errors"],
             caption="../report/fit_errors.rst",
             category="Tables",
             subcategory="Evaluation",
@@ -139,11 +139,11 @@ rule fit_errors:
 
 rule allocation_strategies:
     input:
-        crossings=f"{TABLES}/crossings.parquet",
+        crossings=TABLE["crossings"],
         design=get_design_tables(),
     output:
         report(
-            f"{TABLES}/allocation_strategies.csv",
+            TABLE["allocation_strategies"],
             caption="../report/allocation_strategies.rst",
             category="Tables",
             subcategory="Evaluation",
@@ -165,10 +165,10 @@ rule allocation_strategies:
 
 rule passive_critic_slopes:
     input:
-        curves=f"{TABLES}/curves.parquet",
+        curves=TABLE["curves"],
     output:
         report(
-            f"{TABLES}/passive_critic_slopes.csv",
+            TABLE["passive_critic_slopes"],
             caption="../report/passive_critic_slopes.rst",
             category="Tables",
             subcategory="Evaluation",
@@ -190,13 +190,13 @@ rule passive_critic_slopes:
 
 rule proposal:
     input:
-        fits_data_efficiency=f"{TABLES}/fits_data_efficiency.csv",
-        fits_batch_size=f"{TABLES}/fits_batch_size.csv",
-        compute_optimal=f"{TABLES}/compute_optimal.csv",
-        budget_fits=f"{TABLES}/budget_fits.csv",
+        fits_data_efficiency=TABLE["fits_data_efficiency"],
+        fits_batch_size=TABLE["fits_batch_size"],
+        compute_optimal=TABLE["compute_optimal"],
+        budget_fits=TABLE["budget_fits"],
     output:
         report(
-            f"{RESULTS}/proposal.yaml",
+            TABLE["proposal"],
             caption="../report/proposal.rst",
             category="Proposal",
         ),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from snakemake.logging import logger
 
-from valuescale import study
+from valuescale import catalog, study
 from valuescale.study import config_error
 from valuescale.tasks import DEFAULT_DELTA, TASKS
 
@@ -32,17 +32,8 @@ _path = os.environ["PATH"]
 if _path.split(os.pathsep)[0] != _bindir:
     os.environ["PATH"] = os.pathsep.join([_bindir, _path])
 
-FIGURES = [
-    "fig_scaling",
-    "fig_batch_size",
-    "fig_data_efficiency",
-    "fig_budget",
-    "fig_preprocessing",
-    "fig_passive_critic",
-    "fig_overfitting",
-    "fig_learning_curves",
-]
-EVALUATION_TABLES = ["fit_errors", "allocation_strategies", "passive_critic_slopes"]
+FIGURES = list(catalog.FIGURES)  # the tables' and figures' home: valuescale.catalog
+EVALUATION_TABLES = [key for key, table in catalog.TABLES.items() if table.conditional]
 PUBLISHED_NAMES = [
     "model_scaling_const_lr",
     "overfitting",
@@ -268,6 +259,7 @@ RESOURCES = config["resources_dir"].rstrip("/")
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 TABLES = f"{RESULTS}/tables"
+TABLE = {key: catalog.table_path(key, RESULTS) for key in catalog.TABLES}  # key -> path
 FIGURES_DIR = f"{RESULTS}/figures"
 if config["compilation_cache"] is True:
     COMPILATION_CACHE = f"{RESOURCES}/xla-cache"
@@ -447,8 +439,8 @@ def analysis_settings(stage):
 
 def get_curve_tables():
     """Inputs of the merged curve table: own runs and each available published zip."""
-    tables = [f"{TABLES}/curves_own.parquet"] if TRAIN_JOBS else []
-    tables += [f"{TABLES}/published/{name}.parquet" for name in PUBLISHED]
+    tables = [TABLE["curves_own"]] if TRAIN_JOBS else []
+    tables += [catalog.table_path("published", RESULTS, name=name) for name in PUBLISHED]
     return tables
 
 
@@ -508,51 +500,18 @@ def is_available(output):
 
 
 def get_figure_inputs(wildcards):
-    """Named tables each figure is drawn from."""
-    tables = {
-        "curves": f"{TABLES}/curves.parquet",
-        "thresholds": f"{TABLES}/thresholds.csv",
-        "crossings": f"{TABLES}/crossings.parquet",
-        "best_batch_size": f"{TABLES}/best_batch_size.csv",
-        "fits_batch_size": f"{TABLES}/fits_batch_size.csv",
-        "fits_data_efficiency": f"{TABLES}/fits_data_efficiency.csv",
-        "compute_optimal": f"{TABLES}/compute_optimal.csv",
-        "budget_optimal": f"{TABLES}/budget_optimal.csv",
-        "budget_fits": f"{TABLES}/budget_fits.csv",
-        "passive_critic_slopes": f"{TABLES}/passive_critic_slopes.csv",
-    }
-    # fig_scaling and fig_data_efficiency draw the measured D_J at the batch size closest to B*
-    # (the points the fits used) from best_batch_size, which the crossings rule always writes.
-    needs = {
-        "fig_scaling": ["crossings", "best_batch_size", "fits_data_efficiency", "compute_optimal"],
-        "fig_batch_size": ["best_batch_size", "fits_batch_size"],
-        "fig_data_efficiency": ["crossings", "best_batch_size", "fits_data_efficiency"],
-        "fig_budget": ["budget_optimal", "budget_fits"],
-        "fig_preprocessing": ["curves", "thresholds"],
-        "fig_passive_critic": ["curves", "passive_critic_slopes"],
-        "fig_overfitting": ["curves"],
-        "fig_learning_curves": ["curves", "thresholds"],
-    }
-    return {key: tables[key] for key in needs[wildcards.figure]}
+    """Named tables each figure is drawn from (valuescale.catalog.FIGURES). fig_scaling and
+    fig_data_efficiency draw the measured D_J at the batch size closest to B* (the points the
+    fits used) from best_batch_size, which the crossings rule always writes."""
+    return {key: TABLE[key] for key in catalog.FIGURES[wildcards.figure].inputs}
 
 
 def get_final_output():
     """Every product of the study that its data allows."""
-    products = [
-        f"{TABLES}/curves.parquet",
-        f"{TABLES}/crossings.parquet",
-        f"{TABLES}/thresholds.csv",
-        f"{TABLES}/best_batch_size.csv",
-        f"{TABLES}/fits_batch_size.csv",
-        f"{TABLES}/fits_data_efficiency.csv",
-        f"{TABLES}/compute_optimal.csv",
-        f"{TABLES}/budget_optimal.csv",
-        f"{TABLES}/budget_fits.csv",
-        f"{RESULTS}/proposal.yaml",
-        f"{RESULTS}/summary.html",
-    ]
-    products += [f"{TABLES}/{table}.csv" for table in EVALUATION_TABLES if is_available(table)]
+    tables = catalog.TABLES.values()
+    products = [TABLE[t.key] for t in tables if t.final and not t.conditional]
+    products += [TABLE[t.key] for t in tables if t.conditional and is_available(t.key)]
     for figure in FIGURES:
         if is_available(figure):
-            products += [f"{FIGURES_DIR}/{figure}.pdf", f"{FIGURES_DIR}/{figure}.png"]
+            products += [catalog.figure_path(figure, ext, RESULTS) for ext in ("pdf", "png")]
     return products

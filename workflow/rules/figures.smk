@@ -5,9 +5,9 @@ rule figure:
     input:
         unpack(get_figure_inputs),
     output:
-        pdf=f"{FIGURES_DIR}/{{figure}}.pdf",
+        pdf=catalog.figure_path("{figure}", "pdf", RESULTS),
         png=report(
-            f"{FIGURES_DIR}/{{figure}}.png",
+            catalog.figure_path("{figure}", "png", RESULTS),
             caption="../report/figure.rst",
             category="Figures",
             labels={"figure": "{figure}"},

@@ -21,7 +21,7 @@ rule published_import:
     input:
         archive=f"{RESOURCES}/published/{{name}}.zip",
     output:
-        f"{TABLES}/published/{{name}}.parquet",
+        TABLE["published"],
     log:
         f"{LOGS}/published_import/{{name}}.log",
     benchmark:

@@ -5,11 +5,11 @@
 rule summary:
     input:
         runs=get_train_summaries(),
-        fits_data_efficiency=f"{TABLES}/fits_data_efficiency.csv",
-        fits_batch_size=f"{TABLES}/fits_batch_size.csv",
+        fits_data_efficiency=TABLE["fits_data_efficiency"],
+        fits_batch_size=TABLE["fits_batch_size"],
     output:
         report(
-            f"{RESULTS}/summary.html",
+            TABLE["summary"],
             caption="../report/summary.rst",
             category="Study summary",
         ),

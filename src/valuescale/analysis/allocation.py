@@ -43,12 +43,13 @@ Tables (columns documented on the functions): ``compute_optimal.csv``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq, minimize
+from scipy.optimize import brentq, minimize, minimize_scalar
 
 from valuescale.analysis.data_efficiency import DE_PARAMS, predict_D
 from valuescale.tasks import DEFAULT_DELTA, TASKS, task_spec
@@ -784,3 +785,182 @@ def width_from_params(
     qb = 2.0 * (d_in + 3 + n_quantiles + 6 * depth)
     qc = 2.0 * n_quantiles - n
     return (-qb + np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
+
+
+# --------------------------------------------------------------------------------------------
+# Real-batch convention (C = flops x B(σ, N) x σ N D): numerical allocation
+# --------------------------------------------------------------------------------------------
+
+
+def compute_optimal_numeric(
+    params: Mapping[str, float],
+    D_target: float,
+    coefficient: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[float, float]:
+    """(σ*, N*) minimising ``coefficient(σ, N) σ N`` on the iso-D curve ``D_J(σ, N) = D_target``.
+
+    On the curve, ``N(σ) = b / (D_target - D_min - (a/σ)^alpha)^(1/beta)`` for σ above
+    ``a / (D_target - D_min)^(1/alpha)``; the minimum over log σ is found by a bounded scalar
+    search. NaN where ``D_target <= D_min``.
+    """
+    d_min, a, alpha, b, beta = (float(params[k]) for k in DE_PARAMS)
+    remaining = D_target - d_min
+    if not remaining > 0:
+        return np.nan, np.nan
+    log_lo = math.log(a) - math.log(remaining) / alpha + 1e-9
+
+    def n_of(log_u: float) -> float:
+        rest = remaining - (a / math.exp(log_u)) ** alpha
+        return b / rest ** (1.0 / beta) if rest > 0 else math.inf
+
+    def cost(log_u: float) -> float:
+        u = math.exp(log_u)
+        n = n_of(log_u)
+        if not math.isfinite(n):
+            return math.inf
+        return math.log(float(coefficient(np.array(u), np.array(n)))) + log_u + math.log(n)
+
+    closed_u, _ = compute_optimal(params, D_target)
+    centre = math.log(float(closed_u)) if np.isfinite(closed_u) else log_lo + 1.0
+    res = minimize_scalar(cost, bounds=(log_lo, max(centre, log_lo) + 12.0), method="bounded")
+    return float(math.exp(res.x)), float(n_of(res.x))
+
+
+def real_coefficient(
+    fits_bs: pd.DataFrame | None, row: pd.Series, flops: float
+) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, str]:
+    """``flops * B(σ, N)`` with the batch-size rule of a fit row's scope (an env, or the suite of
+    an averaged fit: :func:`valuescale.analysis.proposal.batch_size_rule` looks for the scope,
+    its suite, then ``all``)."""
+    from valuescale.analysis.proposal import batch_size_rule  # proposal imports this module
+
+    rule, text = batch_size_rule(fits_bs, str(row["agent"]), str(row["source"]), str(row["scope"]))
+    if rule is None:
+        return None, text
+
+    def coefficient(u: np.ndarray, n: np.ndarray) -> np.ndarray:
+        return flops * np.asarray(rule(u, n), dtype=float)
+
+    return coefficient, text
+
+
+def real_batch_tables(
+    usable: pd.DataFrame,
+    fits_bs: pd.DataFrame | None,
+    model: ComputeModel,
+    deltas: Mapping[str, float],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Compute- and budget-optimal tables under the real-batch convention (numerical): the
+    compute coefficient is ``flops_per_param_sample * B(σ, N)`` of the scope's batch-size rule;
+    compute-optimal points by a 1-D search along the iso-D curve
+    (:func:`compute_optimal_numeric`), budget-optimal points by
+    :func:`budget_optimal_numeric`. ``usable``: fits with status ``ok``."""
+    co_rows, bo_rows = [], []
+    ids = ("scope", "agent", "source", "variant", "threshold_idx", "threshold")
+    base_co = compute_optimal_table(usable, k=model.k)
+    for _, row in usable.iterrows():
+        params = {k: float(row[k]) for k in DE_PARAMS}
+        meta = {c: row[c] for c in ids if c in row}
+        coefficient, text = real_coefficient(fits_bs, row, model.flops_per_param_sample)
+        delta = delta_for(str(row["scope"]), deltas)
+        reason = law_is_usable(params)
+        if coefficient is None or reason:
+            why = reason or f"batch_convention real: {text}"
+            bo_rows.append({**meta, "delta": delta, "status": "failed", "reason": why})
+            continue
+        alloc = budget_optimal_numeric(params, delta, compute_coefficient=coefficient)
+        bo_rows.append({**meta, "delta": delta, **alloc.__dict__})
+        targets = base_co[
+            (base_co["scope"] == row["scope"])
+            & (base_co["agent"] == row["agent"])
+            & (base_co["variant"] == row["variant"])
+            & (base_co["threshold_idx"] == row["threshold_idx"])
+        ]["D_target"].to_numpy(float)
+        slope, intercept = compute_optimal_line(params)
+        for D0 in targets:
+            u, n = compute_optimal_numeric(params, float(D0), coefficient)
+            c = float(coefficient(np.array(u), np.array(n))) if np.isfinite(u) else np.nan
+            co_rows.append(
+                {
+                    **meta,
+                    "D_target": D0,
+                    "utd_star": u,
+                    "critic_params_star": n,
+                    "compute_star": c * u * n * D0,
+                    "k": c,
+                    "line_slope": slope,
+                    "line_intercept": intercept,
+                    "status": "ok" if np.isfinite(u) else "infeasible",
+                    "reason": f"real batch: {text}",
+                }
+            )
+    return pd.DataFrame(co_rows), pd.DataFrame(bo_rows)
+
+
+def budget_ranges(budget_fits: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """Add ``budget_min`` / ``budget_max`` (range of the usable F*) to budget-fit rows."""
+    keys = [c for c in ("scope", "agent", "source", "variant") if c in budget_fits and c in points]
+    ok = points[(points["status"] == "ok") & np.isfinite(points["budget"].astype(float))]
+    ranges = ok.groupby(keys)["budget"].agg(budget_min="min", budget_max="max").reset_index()
+    return budget_fits.merge(ranges, on=keys, how="left")
+
+
+def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    return pd.DataFrame({c: pd.Series([], dtype="object") for c in columns})
+
+
+def allocation_tables(
+    fits: pd.DataFrame,
+    fits_bs: pd.DataFrame | None,
+    *,
+    model: ComputeModel,
+    deltas: Mapping[str, float],
+    n_heldout: int = N_HELDOUT,
+    variants: tuple[str, ...] = ("per_env", "shared", "averaged"),
+    on_skipped: Callable[[pd.DataFrame, str], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``compute_optimal``, ``budget_optimal`` and ``budget_fits`` tables of a study, per fit
+    source (a ``source`` column): fits of ``variants`` with status ``ok`` are allocated, the
+    degenerate ones get a ``skipped`` row (``on_skipped(rows, source)`` is told about them).
+
+    Under the accounting convention the closed forms (:func:`compute_optimal_table`,
+    :func:`budget_optimal_table`), under the real-batch one :func:`real_batch_tables`;
+    ``budget_fits`` adds ``budget_min`` / ``budget_max`` (:func:`budget_ranges`).
+    """
+    from valuescale.catalog import columns as catalog_columns
+
+    co_columns = catalog_columns("compute_optimal")
+    bo_columns = catalog_columns("budget_optimal")
+    bf_columns = catalog_columns("budget_fits")
+    selected = fits[fits["variant"].isin(variants)]
+    selected = selected[selected["status"].isin(["ok", "degenerate"])]
+    co_frames, bo_frames, bf_frames = [], [], []
+    for source, group in selected.groupby("source", sort=True):
+        usable = group[group["status"] == "ok"]
+        skipped = skipped_rows(group, variants)
+        if on_skipped is not None and len(skipped):
+            on_skipped(skipped, source)
+        if model.batch_convention == "accounting":
+            co = compute_optimal_table(group, variants=variants, k=model.k)
+            bo = budget_optimal_table(group, variants=variants, k=model.k, delta=deltas)
+        else:
+            co, bo = real_batch_tables(usable, fits_bs, model, deltas)
+            co = _concat([co, skipped], co_columns)
+            bo = _concat([bo, skipped], bo_columns)
+        if len(bo):
+            bf = budget_fit_table(bo, n_heldout=n_heldout, fits=usable)
+            bo = annotate_budget_points(bo, usable, n_heldout=n_heldout)
+        co = co.assign(source=source) if len(co) else co
+        bo = bo.assign(source=source) if len(bo) else bo
+        co_frames.append(co)
+        bo_frames.append(bo)
+        if len(bo):
+            bf_frames.append(budget_ranges(bf.assign(source=source), bo))
+    return (
+        _concat(co_frames, co_columns),
+        _concat(bo_frames, bo_columns),
+        _concat(bf_frames, bf_columns),
+    )

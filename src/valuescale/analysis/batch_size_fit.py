@@ -35,9 +35,9 @@ from valuescale.analysis.fitting import (
     relative_error,
     unscale_power_term,
 )
+from valuescale.catalog import BATCH_PARAMS  # the table columns' home: valuescale.catalog
 from valuescale.tasks import task_spec
 
-BATCH_PARAMS = ("a_B", "alpha_B", "b_B", "beta_B")
 LR_PARAMS = ("alpha_eta", "beta_eta")
 # z-value of the 95th percentile: B_star_lo/hi are read as a 90 % interval.
 Z90 = 1.6448536269514722
@@ -439,3 +439,83 @@ def fit_learning_rate_table(
         "n_points",
     ]
     return pd.DataFrame(out, columns=columns)
+
+
+def geomean(values: np.ndarray) -> float:
+    """Geometric mean of the finite positive ``values`` (NaN when there are none)."""
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.exp(np.mean(np.log(values)))) if values.size else np.nan
+
+
+def add_geomean(fits: pd.DataFrame, data: pd.DataFrame, value: str) -> pd.DataFrame:
+    """``B_geomean`` of each batch-size fit row: the geometric mean of its fitted batch sizes."""
+    from valuescale.analysis.data_efficiency import suite_of
+
+    out = fits.copy()
+    geo = []
+    for row in out.itertuples(index=False):
+        sel = data[data["agent"] == row.agent]
+        if row.level == "env":
+            sel = sel[sel["env"] == row.scope]
+        elif row.level == "suite":
+            sel = sel[[suite_of(e) == row.scope for e in sel["env"]]]
+        geo.append(geomean(sel[value].to_numpy(float)))
+    out["B_geomean"] = geo
+    return out
+
+
+def batch_fits_for_source(
+    source: str,
+    crossings: pd.DataFrame,
+    best: pd.DataFrame,
+    *,
+    n_boot: int,
+    n_starts: int,
+    seed: int,
+    rules: DegeneracyRules | None = None,
+) -> list[pd.DataFrame]:
+    """Batch-size law rows of one curve source (a ``source`` and a ``basis`` column): fitted to
+    the measured B* (``basis = B_star``), and, where every (σ, N) was run at one batch size
+    chosen by a rule, to the batch sizes the runs used (``basis = run_batch_size``; one
+    ``constant`` row when all runs used the same batch size)."""
+    frames = []
+    measured = best[best["source"] == source] if "source" in best else best
+    if len(measured):
+        table = fit_batch_size_table(
+            measured, n_boot=n_boot, n_starts=n_starts, seed=seed, rules=rules
+        )
+        if len(table):
+            frames.append(add_geomean(table, measured, "B_star").assign(basis="B_star"))
+    design = batch_sizes_in_use(crossings, sources=[source])
+    per_config = (
+        crossings[crossings["source"] == source]
+        .groupby(["env", "agent", "utd", "critic_params", "lr"])["batch_size"]
+        .nunique()
+    )
+    if len(design) and (per_config == 1).all():
+        for agent, runs in design.groupby("agent", sort=True):
+            if runs["B_star"].nunique() == 1:
+                value = float(runs["B_star"].iloc[0])
+                frames.append(
+                    pd.DataFrame(
+                        [
+                            {
+                                "scope": "all",
+                                "agent": agent,
+                                "level": "all",
+                                "basis": "run_batch_size",
+                                "B_geomean": value,
+                                "n_points": len(runs),
+                                "status": "constant",
+                                "reason": f"every run used batch size {value:g}",
+                            }
+                        ]
+                    )
+                )
+                continue
+            table = fit_batch_size_table(
+                runs, min_batch_sizes=1, n_boot=0, n_starts=n_starts, seed=seed, rules=rules
+            )
+            if len(table):
+                frames.append(add_geomean(table, runs, "B_star").assign(basis="run_batch_size"))
+    return [f.assign(source=source) for f in frames]

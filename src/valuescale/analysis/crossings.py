@@ -32,25 +32,12 @@ import numpy as np
 import pandas as pd
 
 from valuescale.analysis.preprocess import CONFIG_KEYS, Curve, isotonic, seed_mean, seeds_at
+from valuescale.catalog import columns
 
 N_BOOT = 100
-CROSSING_COLUMNS: list[str] = [
-    "env",
-    "agent",
-    "utd",
-    "width",
-    "critic_params",
-    "batch_size",
-    "lr",
-    "source",
-    "threshold_idx",
-    "threshold",
-    "D",
-    "D_std",
-    "D_boot_nan_frac",
-    "n_seeds",
-    "seeds_remaining",
-]
+#: Columns of the crossings as computed; ``crossings.parquet`` adds ``D_boot`` and ``reset_dips``
+#: (:func:`with_bootstrap_column`; the table's home: :mod:`valuescale.catalog`).
+CROSSING_COLUMNS: list[str] = [c for c in columns("crossings") if c not in ("D_boot", "reset_dips")]
 BOOTSTRAP_COLUMNS: list[str] = CONFIG_KEYS + ["threshold_idx", "threshold", "boot_idx", "D"]
 # Upper bound on K * T * T elements per isotonic_batch chunk (about 64 MB of float64).
 _CHUNK_ELEMENTS = 8_000_000
@@ -309,3 +296,40 @@ def compute_crossings(
 ) -> pd.DataFrame:
     """The ``crossings`` table alone (see :func:`crossing_tables`)."""
     return crossing_tables(curves, thresholds, n_boot=n_boot, seed=seed).crossings
+
+
+def with_bootstrap_column(tables: CrossingTables, n_boot: int) -> pd.DataFrame:
+    """The crossings table with a ``D_boot`` column (the K resamples of each row).
+
+    Uses the row layout of :func:`crossing_tables` (per configuration a [K, J] block) when it
+    verifies, else a keyed merge
+    (:func:`valuescale.analysis.data_efficiency.attach_bootstrap_table`).
+    """
+    cr, boot = tables.crossings, tables.bootstrap
+    n_rows = len(cr)
+    if n_rows == 0:
+        return cr.assign(D_boot=pd.Series([], dtype="object"))
+    sizes = cr.groupby(CONFIG_KEYS, dropna=False, sort=False).size()
+    n_thr = int(sizes.iloc[0])
+    n_cfg = len(sizes)
+    fast = (sizes == n_thr).all() and len(boot) == n_rows * n_boot and n_cfg * n_thr == n_rows
+    if fast:
+        t_idx = boot["threshold_idx"].to_numpy().reshape(n_cfg, n_boot, n_thr)
+        b_idx = boot["boot_idx"].to_numpy().reshape(n_cfg, n_boot, n_thr)
+        first_boot = boot[["env", "utd", "critic_params", "batch_size", "source"]].iloc[
+            :: n_boot * n_thr
+        ]
+        first_cr = cr[["env", "utd", "critic_params", "batch_size", "source"]].iloc[::n_thr]
+        fast = (
+            bool((t_idx == cr["threshold_idx"].to_numpy()[:n_thr]).all())
+            and bool((b_idx == np.arange(n_boot)[None, :, None]).all())
+            and first_boot.reset_index(drop=True).equals(first_cr.reset_index(drop=True))
+        )
+    if not fast:
+        from valuescale.analysis.data_efficiency import attach_bootstrap_table
+
+        return attach_bootstrap_table(cr, boot)
+    D = boot["D"].to_numpy(float).reshape(n_cfg, n_boot, n_thr).transpose(0, 2, 1)
+    out = cr.copy()
+    out["D_boot"] = list(D.reshape(n_rows, n_boot))
+    return out

@@ -68,6 +68,7 @@ from valuescale.analysis.data_efficiency import (
     suite_of,
 )
 from valuescale.analysis.fitting import fit_loglinear, relative_error
+from valuescale.catalog import columns
 
 log = logging.getLogger(__name__)
 
@@ -79,39 +80,10 @@ EVAL_SETS: dict[str, dict[str, str]] = {
         "extrapolated": "extrapolated_bs",
     },
 }
-FIT_ERROR_COLUMNS: list[str] = [
-    "quantity",
-    "variant",
-    "set",
-    "agent",
-    "fit_source",
-    "eval_source",
-    "scope",
-    "mean_rel_error",
-    "median_rel_error",
-    "n",
-    "n_envs",
-]
-ALLOCATION_COLUMNS: list[str] = [
-    "strategy",
-    "scope",
-    "mean_ratio",
-    "median_ratio",
-    "n",
-    "n_budgets",
-    "n_not_reached",
-    "source",
-]
-PASSIVE_COLUMNS: list[str] = [
-    "metric",
-    "env",
-    "against",
-    "slope",
-    "slope_min",
-    "slope_max",
-    "n_groups",
-    "n_points",
-]
+#: Columns of the evaluation tables (their home: :mod:`valuescale.catalog`).
+FIT_ERROR_COLUMNS: list[str] = columns("fit_errors")
+ALLOCATION_COLUMNS: list[str] = columns("allocation_strategies")
+PASSIVE_COLUMNS: list[str] = columns("passive_critic_slopes")
 #: Validation TD losses summarised by :func:`passive_critic_slope_table`; the first is the
 #: passive critic's own (the quantity of paper Fig. 4).
 PASSIVE_METRICS: tuple[str, ...] = ("passive_validation_critic_loss", "validation_critic_loss")

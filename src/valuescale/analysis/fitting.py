@@ -382,7 +382,7 @@ def _levenberg_marquardt(
         except np.linalg.LinAlgError:
             step = -grad / np.maximum(np.diagonal(system, axis1=1, axis2=2), 1e-12)
         step = np.where(np.isfinite(step), step, 0.0)
-        u_new = np.clip(u[idx] + step, U_LOWER, u_upper)
+        u_new = np.minimum(np.maximum(u[idx] + step, U_LOWER), u_upper)  # np.clip, cheaper
         loss_new, resid_new, jac_new = evaluate(u_new, idx)
         better = loss_new <= loss[idx]
         gain = np.where(better, loss[idx] - loss_new, 0.0)

@@ -37,7 +37,9 @@ import pandas as pd
 import yaml
 
 from valuescale.analysis.allocation import (
+    ComputeModel,
     budget_optimal,
+    delta_for,
     propose_allocation,
     propose_from_budget_lines,
     width_from_params,
@@ -489,3 +491,67 @@ def proposal_yaml(proposals: pd.DataFrame, header: Sequence[str] = ()) -> str:
                 )
                 lines.append(f"#   {row.env} / {row.agent} ({row.source}):{budget} {row.reason}")
     return "\n".join(lines) + "\n"
+
+
+def study_proposals(
+    fits_data_efficiency: pd.DataFrame,
+    fits_batch_size: pd.DataFrame | None,
+    budget_fits: pd.DataFrame | None,
+    *,
+    budgets: Sequence[float],
+    threshold_idx: int | None,
+    deltas: Mapping[str, float],
+    model: ComputeModel,
+    critic_depth: int = 2,
+    n_quantiles: int = 100,
+    rounds: int = 4,
+) -> pd.DataFrame:
+    """The proposals of a study (:func:`propose_runs`) under its compute convention.
+
+    Accounting convention: ``k = model.k``. Real-batch convention: each env's proposals are
+    redone with ``k = flops_per_param_sample x B`` at the proposed (σ, N) (the median proposed
+    batch size of the env), ``rounds`` fixed-point rounds (B changes slowly with σ and N).
+    """
+
+    def propose(fits: pd.DataFrame, k: float) -> pd.DataFrame:
+        return propose_runs(
+            fits,
+            fits_batch_size,
+            budget_fits,
+            budgets=budgets,
+            threshold_idx=threshold_idx,
+            delta=lambda env: delta_for(env, deltas),
+            k=k,
+            critic_depth=critic_depth,
+            n_quantiles=n_quantiles,
+        )
+
+    table = propose(fits_data_efficiency, model.k)
+    if model.batch_convention != "real":
+        return table
+    for _ in range(rounds):
+        frames = []
+        for (agent, source, env), group in table.groupby(["agent", "source", "env"], sort=False):
+            batch = float(np.nanmedian(group["batch_size"].to_numpy(float)))
+            k = model.flops_per_param_sample * batch if np.isfinite(batch) else model.k
+            sel = fits_data_efficiency[
+                (fits_data_efficiency["agent"] == agent)
+                & (fits_data_efficiency["source"] == source)
+                & (fits_data_efficiency["scope"] == env)
+            ]
+            frames.append(propose(sel, k))
+        table = pd.concat(frames, ignore_index=True) if frames else table
+    return table
+
+
+def proposal_header(model: ComputeModel) -> list[str]:
+    """The comment lines at the top of ``proposal.yaml`` (how to use it, the compute model)."""
+    batch = "B" if model.batch_convention == "real" else f"{model.accounting_batch:g}"
+    return [
+        "Compute-optimal runs proposed by the fitted laws (valuescale.pipeline.proposal).",
+        "Paste the grid blocks into a study config (format: workflow/schemas/config.schema.yaml).",
+        f"Budget F = C_J + delta * D_J in FLOPs, C_J = {model.flops_per_param_sample:g} x "
+        f"{batch} x sigma x N x D_J.",
+        "Each comment: the unrounded allocation (sigma, N, W, B, D, C) and how it was found.",
+        "",
+    ]

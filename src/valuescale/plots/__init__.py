@@ -1,7 +1,7 @@
 """The paper's figures, drawn from the analysis tables (issue #3, docs/pipeline-api.md).
 
 Entry point: :func:`render_figure` (the workflow's ``figure`` stage delegates to it). Figures and
-the tables each is drawn from:
+the tables each is drawn from (their home: :data:`valuescale.catalog.FIGURES`):
 
 ======================  ===================================================  ======================
 name                    what it shows                                        inputs
@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
+from valuescale import catalog
 from valuescale.plots import batch_size, budget, curves, laws, losses
 from valuescale.plots._common import (
     DEFAULT_DPI,
@@ -81,16 +82,10 @@ FIGURES: dict[str, Builder] = {
     "fig_learning_curves": fig_learning_curves,
 }
 
-# Tables each figure is drawn from (docs/pipeline-api.md); extra keys are ignored.
+# Tables each figure needs (valuescale.catalog: the figures' home; the optional ones, e.g.
+# best_batch_size of the law figures, are left out); extra keys are ignored.
 FIGURE_INPUTS: dict[str, tuple[str, ...]] = {
-    "fig_scaling": ("crossings", "fits_data_efficiency", "compute_optimal"),
-    "fig_batch_size": ("best_batch_size", "fits_batch_size"),
-    "fig_data_efficiency": ("crossings", "fits_data_efficiency"),
-    "fig_budget": ("budget_optimal", "budget_fits"),
-    "fig_preprocessing": ("curves", "thresholds"),
-    "fig_passive_critic": ("curves", "passive_critic_slopes"),
-    "fig_overfitting": ("curves",),
-    "fig_learning_curves": ("curves", "thresholds"),
+    name: catalog.FIGURES[name].required for name in FIGURES
 }
 
 # Columns each figure reads from each input (checked before drawing).

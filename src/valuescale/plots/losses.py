@@ -41,7 +41,7 @@ VALIDATION_METRIC = "validation_critic_loss"
 PASSIVE_METRIC = "passive_validation_critic_loss"
 SLOPES = TableSpec(
     required=("env", "against", "slope"),
-    optional=("metric", "agent"),
+    optional=("metric",),
     numeric=("slope",),
 )
 RUN_KEYS = ["agent", "env", "source", "utd", "batch_size", "lr", "width", "critic_params"]

@@ -153,7 +153,8 @@ def _with_ci(row: Mapping[str, Any], name: str) -> str:
 
 def _fits_table(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
                 params: Sequence[str]) -> str:  # fmt: skip
-    shown = [p for p in params if any(r.get(p) is not None for r in records)]
+    # every parameter the table has, fitted or not (a law whose fits all failed still shows them)
+    shown = [p for p in params if any(p in r for r in records)]
     header = [*keys, *shown, "status", "reason"]
     rows, classes = [], []
     for r in records:

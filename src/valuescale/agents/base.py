@@ -18,6 +18,8 @@ names must not clash with ``TrainConfig``'s loop settings.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 #: Fields every agent config has: the grid's path knobs (``--width``, ``--batch-size``, ``--lr``),
@@ -81,3 +83,25 @@ class Agent(Protocol):
     @staticmethod
     def passive_critic_param_count(state: State) -> int:
         """Parameters of the passive critic (0 when there is none)."""
+
+
+def lazy_attributes(
+    package: str, namespace: dict[str, Any], modules: Mapping[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's module-level ``__getattr__`` and ``__dir__`` that load its JAX parts on first
+    use (so that importing an agent package does not import JAX): ``modules`` maps each such
+    attribute to the submodule of ``package`` that defines it; a loaded attribute is kept in
+    ``namespace`` (the package's ``globals()``)."""
+
+    def __getattr__(name: str) -> Any:
+        module = modules.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted([*namespace, *modules])
+
+    return __getattr__, __dir__

@@ -8,9 +8,7 @@ counts; ``loss``: the quantile Huber loss and the other building blocks), so tha
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from valuescale.agents.base import lazy_attributes
 from valuescale.agents.bro.config import BROConfig
 
 NAME = "bro"
@@ -47,17 +45,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = ["NAME", "BROConfig", "Config", *_LAZY]

@@ -51,9 +51,7 @@ deterministic evaluation episodes every 50k agent steps; no resets.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from valuescale.agents.base import lazy_attributes
 from valuescale.agents.simbav2.config import SimbaV2Config, critic_heads_for_env, horizon_discount
 from valuescale.agents.simbav2.host import (
     ActionRepeat,
@@ -97,17 +95,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [

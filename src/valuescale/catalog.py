@@ -93,7 +93,8 @@ def figure_file(name: str, ext: str) -> str:
 
 _CURVES = (*_ENGINE_CURVE_COLUMNS, "source", "passive_width", "passive_critic_params")
 _CURVES_REQUIRED = (*_ENGINE_CURVE_COLUMNS, "source")
-_CROSSINGS = (
+#: Hyperparameters that identify a configuration in the analysis tables (seeds are samples of it).
+CONFIG_KEYS: tuple[str, ...] = (
     "env",
     "agent",
     "utd",
@@ -102,6 +103,9 @@ _CROSSINGS = (
     "batch_size",
     "lr",
     "source",
+)
+_CROSSINGS = (
+    *CONFIG_KEYS,
     "threshold_idx",
     "threshold",
     "D",

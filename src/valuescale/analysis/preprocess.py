@@ -46,19 +46,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import isotonic_regression
 
+from valuescale import catalog
 from valuescale.analysis.ingest import HYPERPARAMETER_COLUMNS
 
-# Hyperparameters that identify a configuration in the analysis tables.
-CONFIG_KEYS: list[str] = [
-    "env",
-    "agent",
-    "utd",
-    "width",
-    "critic_params",
-    "batch_size",
-    "lr",
-    "source",
-]
+# Hyperparameters that identify a configuration in the analysis tables (the catalogue's).
+CONFIG_KEYS: list[str] = list(catalog.CONFIG_KEYS)
 # Gradient steps between full resets, by agent (None: the agent never resets).
 DEFAULT_RESET_INTERVAL: Mapping[str, float | None] = MappingProxyType(
     {"bro": 2_500_000.0, "simbav2": None}

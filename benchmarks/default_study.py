@@ -32,26 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from train_throughput import Timer, bench_matmul  # noqa: E402  (this folder)
+
 from valuescale.study import load_config, run_name, train_jobs  # noqa: E402
-
-
-def matmul_gflops(repeats: int = 5) -> float:
-    """Median GFLOP/s of a jitted 2048³ float32 matmul (one process, all cores)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048), np.float32))
-    mm = jax.jit(jnp.matmul)
-    mm(a, a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mm(a, a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return 2 * 2048**3 / times[len(times) // 2] / 1e9
-
 
 #: the README's first command's target, relative to the study's results folder
 README_TARGET = Path("figures") / "fig_scaling.pdf"
@@ -109,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     configfiles = [str(Path(f).resolve()) for f in args.configfile]
     results_arg = args.results.resolve() if args.results else None
     os.chdir(ROOT)  # config/config.yaml is read from the repository root, as Snakemake does
-    gflops = matmul_gflops()
+    gflops = bench_matmul(Timer(max_foreign=1.0, max_retries=0), repeats=5, min_time=0.5)
     print(f"2048^3 float32 matmul: {gflops:.1f} GFLOP/s; {os.cpu_count()} CPUs")
     cfg = load_config(configfiles)
     if args.steps:

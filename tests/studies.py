@@ -74,6 +74,24 @@ def snakemake_cmd(
     return cmd + [*args, "--directory", str(workdir), "--configfile", str(cfg)]
 
 
+def snakemake_without(
+    workdir: Path, config: dict, modules: list[str], *args: str
+) -> subprocess.CompletedProcess:
+    """``snakemake`` (as ``snakemake_cmd``) in a process of its own in which each of ``modules``
+    cannot be imported, as if it were not installed (run in ``workdir``)."""
+    cmd = snakemake_cmd(workdir, config, *args)
+    hide = "import runpy, sys; "
+    hide += "".join(f"sys.modules[{name!r}] = None; " for name in modules)
+    hide += "sys.argv[0] = 'snakemake'; runpy.run_module('snakemake', run_name='__main__')"
+    return subprocess.run(
+        [sys.executable, "-c", hide, *cmd[3:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=workdir,
+    )
+
+
 class _Server:
     """This test process's ``snakemake_server.py``: Snakemake's command line without the imports
     that each ``python -m snakemake`` repeats (started on first use, one request at a time)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from studies import snakemake, snakemake_cmd
+from studies import snakemake, snakemake_without
 
 from valuescale.analysis.allocation import params_from_width
 from valuescale.envs import PAPER_HUMANOIDBENCH_ENVS, check_env_name, make_env
@@ -199,16 +199,7 @@ def test_missing_package_says_how_to_install_the_pinned_commit(monkeypatch) -> N
 
 def test_workflow_refuses_an_h1_env_at_dag_time_when_the_package_is_missing(tmp_path: Path) -> None:
     # A process of its own in which `import humanoid_bench` fails as if it were not installed.
-    cmd = snakemake_cmd(tmp_path, H1_STUDY, "-n")
-    hide = "import runpy, sys; sys.modules['humanoid_bench'] = None; sys.argv[0] = 'snakemake'; "
-    hide += "runpy.run_module('snakemake', run_name='__main__')"
-    proc = subprocess.run(
-        [sys.executable, "-c", hide, *cmd[3:]],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = snakemake_without(tmp_path, H1_STUDY, ["humanoid_bench"], "-n")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "invalid config key 'grid[0].envs'" in output, output[-3000:]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from studies import snakemake_cmd
+from studies import snakemake_without
 from test_train import tiny
 
 from valuescale.livelog import WANDB_ID_FILE, LiveLogSettings, open_live_log
@@ -167,16 +167,7 @@ def test_the_workflow_refuses_logging_whose_package_is_missing_at_dag_time(tmp_p
     config = {"grid": [{"envs": ["cartpole-balance"], "agents": ["bro"], "utd": [1],
                         "widths": [32], "batch_sizes": [64], "lrs": [3e-4]}],
               "logging": {"tensorboard": True, "wandb": {"project": "p", "mode": "offline"}}}  # fmt: skip
-    cmd = snakemake_cmd(tmp_path, config, "-n")
-    hide = "import runpy, sys; sys.modules['tensorboard'] = sys.modules['wandb'] = None; "
-    hide += "sys.argv[0] = 'snakemake'; runpy.run_module('snakemake', run_name='__main__')"
-    proc = subprocess.run(
-        [sys.executable, "-c", hide, *cmd[3:]],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = snakemake_without(tmp_path, config, ["tensorboard", "wandb"], "-n")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "invalid config key 'logging.tensorboard'" in output, output[-3000:]

@@ -2,7 +2,7 @@
 resume and SLURM tests share.
 
 The shared study is the README's default study (``config/config.yaml``) with one difference, its
-length: ``train.steps`` is ``SHARED_STEPS`` instead of the default's 12,000 (every other key, the
+length: ``train.steps`` is ``SHARED_STEPS`` instead of the default's 20,000 (every other key, the
 grid, seeds, evaluation, thresholds and fits included, is the default's). It is built once per
 pytest run by the README's first command, ``snakemake --cores all results/figures/fig_scaling.pdf``,
 then ``snakemake --cores all`` for the rest of the study. The build starts in a background thread

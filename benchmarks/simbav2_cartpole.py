@@ -26,6 +26,34 @@ from ``bind``; other random streams), measured 2026-12-06 on the shared CPU at n
         --checkpoint-every 0 --threads 1 --out /tmp/sw_learn
     # eval return at 5k / 10k / 15k / 20k / 25k / 30k simulator steps: 242, 386, 362, 752, 889,
     # 995; 14,000 updates; 555 s wall (54 simulator steps/s)
+
+Where those 37 ms per agent step went (2026-12-06, one core, nice 15, CPU ms per agent step of
+the engine's pieces at 1 seed; the box was busy, so +-30 %): env step (2 simulator steps) 0.5,
+float64 host statistics (reward + observe + float32 copy out) 0.1, a warm-up step's fused call
+(insert + 0 updates + action) 0.7-1.1, evaluation's action 0.2-0.3 -- and the fused call with one
+update 24 (W 128, B 128, actor 128), 8.8 (W 64, B 64, actor 64), 6.9 (W 32, B 64, actor 32).
+The update was all of it, and 4-7 ms of that was one XLA CPU quirk: the categorical projection's
+broadcast product summed over axis -2 runs ~15x slower under a size-1 vmap axis (one seed) than
+unbatched or at 2 seeds. Written as a contraction (``loss.categorical_projection``; states after
+3 updates bit-identical) the one-seed update costs 17 (W 128 / B 128), 4.0 (W 64 / B 64) and
+2-3.3 (W 32 / B 64) ms; 2 vmapped seeds at W 32 / B 64: 5.6 ms. Compiling the fused step costs
+~15-18 s (cartpole or h1, any small width), the largest fixed cost of a short run.
+
+No cheap run that learns was found (same flags as above, seeds 0,1 vmapped, lr = temperature lr
+= 3e-4 unless said, eval 2 episodes; returns per seed at each 4k simulator steps; CPU-s of the
+whole CLI process, user + sys, busy box)::
+
+    W 64, actor 64, B 64, 24k steps, warm-up 2k:          seed 0: 465 400 592 496 355 335
+                                                          seed 1: 360 320 452 732 941 993  169 s
+    the same with lr 1e-3:                                seed 0: 485 610 536 262 460 913
+                                                          seed 1: 260 265 364 600 513 299  173 s
+    W 32, actor 32, B 128, 20k steps, warm-up 1k:         seed 0: 306 321 265 263 326
+                                                          seed 1: 249 348 360 244 464      127 s
+    W 64, actor 64, B 128, 20k steps, warm-up 1k:         seed 0: 500 283 310 285 314
+                                                          seed 1: 349 327 270 284 299      177 s
+
+so learning (above the ~735 of a zero-action policy) starts between 16k and 24k simulator steps,
+not on every seed, and such a run costs ~170 CPU-s: no slow test asserts it yet.
 """
 
 from __future__ import annotations

@@ -187,6 +187,49 @@ def test_two_seed_bro_run_on_h1_stand_through_the_engine_cli(tmp_path: Path) -> 
     assert "False" not in proc.stdout.splitlines()  # upstream's stray print is dropped
 
 
+@needs_package
+@pytest.mark.slow
+def test_two_seed_simbav2_run_on_h1_stand_through_the_engine_cli(tmp_path: Path) -> None:
+    """SimbaV2's counterpart of the BRO run above, as short as the engine allows: 2 seeds, 200
+    simulator steps (100 agent steps at action repeat 2), 50 updates, W 16. Two critic heads on
+    HumanoidBench (``bind``), so run.json's critic size is the closed form at H = 2, d = 70."""
+    from valuescale.agents.simbav2 import simbav2_critic_param_formula
+
+    out = tmp_path / "run"
+    args = (
+        "--env h1-stand-v0 --agent simbav2 --seeds 0,1 --steps 200 --warmup-steps 100 --width 16 "
+        "--actor-width 16 --batch-size 16 --replay-size 200 --utd 1 --eval-interval 200 "
+        "--eval-episodes 1 --log-interval 100 --checkpoint-every 0 --threads 1"
+    ).split()
+    proc = subprocess.run(
+        [sys.executable, "-m", "valuescale.train", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] is True and run["seeds"] == {
+        "0": {"status": "ok"},
+        "1": {"status": "ok"},
+    }
+    n_critic = simbav2_critic_param_formula(D_IN, 16, depth=2, n_atoms=101, n_heads=2)
+    assert n_critic == 2 * (17 * 16**2 + (D_IN + 114) * 16 + 101)  # method.md, L = 2, K = 101
+    assert (run["obs_dim"], run["act_dim"], run["critic_params"]) == (OBS, ACT, n_critic)
+    assert run["config"]["agent"] == "simbav2" and run["config"]["critic_heads"] is None
+    assert run["env_steps"] == 200 and run["gradient_steps"] == 50
+    assert run["versions"]["humanoid_bench"] == metadata.version("humanoid_bench")
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert set(curves["seed"]) == {0, 1} and (curves["agent"] == "simbav2").all()
+    assert (curves["critic_params"] == n_critic).all() and np.isfinite(curves["value"]).all()
+    for seed in (0, 1):  # training metrics at 200 (100 is still warm-up) and the evaluation
+        mine = curves[curves.seed == seed]
+        assert {"critic_loss", "actor_loss", "return"} <= set(mine["metric"]), seed
+        assert set(mine["step"]) == {200}, seed
+    returns = curves[curves.metric == "return"]
+    assert len(returns) == 2 and ((returns["value"] > 0) & (returns["value"] < 200)).all()
+
+
 def test_missing_package_says_how_to_install_the_pinned_commit(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "humanoid_bench", None)
     for make in (lambda: make_env("h1-crawl-v0", 0), lambda: check_env_name("h1-stand-v0")):

@@ -32,7 +32,9 @@ def categorical_projection(
     b = (jnp.clip(target_atoms, v_min, v_max) - v_min) / delta  # [..., K']
     j = jnp.arange(n_atoms, dtype=b.dtype)  # [K]
     weights = jnp.clip(1.0 - jnp.abs(b[..., :, None] - j), 0.0, 1.0)  # [..., K', K]
-    return jnp.sum(probs[..., :, None] * weights, axis=-2)
+    # sum_k' probs_k' weights_k'j as a contraction: the same sum as a broadcast product reduced
+    # over axis -2, which XLA on CPU runs about 15x slower under a size-1 vmap axis (one seed)
+    return jnp.einsum("...k,...kj->...j", probs, weights, precision=jax.lax.Precision.HIGHEST)
 
 
 def atoms(v_min: float, v_max: float, n_atoms: int) -> jax.Array:

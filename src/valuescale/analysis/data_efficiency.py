@@ -699,13 +699,12 @@ def average_over_envs(
     D = np.full((n_env, m), np.nan)
     log_n = np.full((n_env, m), np.nan)
     Db = None if boot is None else np.full((boot.shape[0], n_env, m), np.nan)
-    for j, row in enumerate(sel.itertuples(index=False)):
-        e = envs.index(row.env)
-        i = order[tuple(getattr(row, c) for c in match)]
-        D[e, i] = row.D
-        log_n[e, i] = np.log(row.critic_params)
-        if Db is not None:
-            Db[:, e, i] = boot[:, j]
+    e = pd.Index(envs).get_indexer(sel["env"])
+    i = np.array([order[key] for key in zip(*(sel[c] for c in match), strict=True)], dtype=int)
+    D[e, i] = sel["D"].to_numpy(float)
+    log_n[e, i] = np.log(sel["critic_params"].to_numpy(float))
+    if Db is not None:
+        Db[:, e, i] = boot
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN points/resamples stay NaN
         if medians is None:
@@ -792,21 +791,35 @@ def _row(
         row[name] = result.params.get(name, np.nan)
         row[f"{name}_lo"] = result.lo.get(name, np.nan)
         row[f"{name}_hi"] = result.hi.get(name, np.nan)
-    finite = data[np.isfinite(data["D"].astype(float))]
+    finite = np.isfinite(data["D"].to_numpy(float))
     row.update(
         loss=result.loss,
         status=result.status,
         reason=result.reason,
         n_points=result.n,
         n_boot_ok=result.n_boot_ok,
-        utd_min=finite["utd"].min() if len(finite) else np.nan,
-        utd_max=finite["utd"].max() if len(finite) else np.nan,
-        critic_params_min=finite["critic_params"].min() if len(finite) else np.nan,
-        critic_params_max=finite["critic_params"].max() if len(finite) else np.nan,
-        D_obs_min=finite["D"].min() if len(finite) else np.nan,
-        D_obs_max=finite["D"].max() if len(finite) else np.nan,
     )
+    for name in ("utd", "critic_params", "D"):
+        low, high = _finite_range(data[name], finite)
+        key = "D_obs" if name == "D" else name
+        row[f"{key}_min"], row[f"{key}_max"] = low, high
     return row
+
+
+def _finite_range(column: pd.Series, finite: np.ndarray) -> tuple[object, object]:
+    """``(min, max)`` of ``column`` on the ``finite`` rows, NaN skipped, as pandas gives them
+    (NaN when no row is finite); numpy's own reductions for plain numeric columns (cheaper)."""
+    if not finite.any():
+        return np.nan, np.nan
+    if column.dtype.kind in "if":
+        values = column.to_numpy()[finite]
+        if column.dtype.kind == "f":
+            values = values[~np.isnan(values)]
+            if values.size == 0:
+                return np.nan, np.nan
+        return values.min(), values.max()
+    sel = column[finite]
+    return sel.min(), sel.max()
 
 
 def _loglinear(data: pd.DataFrame) -> FitResult:

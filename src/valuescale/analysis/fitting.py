@@ -348,10 +348,11 @@ def _levenberg_marquardt(
     target_all = np.where(mask, log_y, 0.0)
     eye = np.eye(n_params)
 
-    def evaluate(u: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sqrt_w = sqrt_w_all[idx]
+    def evaluate(
+        u: np.ndarray, sqrt_w: np.ndarray, mask_w: np.ndarray, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         log_pred, jac = problem.log_predict(softplus(u))
-        resid = sqrt_w * np.where(mask[idx], log_pred - target_all[idx], 0.0)
+        resid = sqrt_w * np.where(mask_w, log_pred - target, 0.0)
         jac_u = sqrt_w[:, :, None] * jac * sigmoid(u)[:, None, :]
         loss = np.sum(resid * resid, axis=1)
         bad = ~np.isfinite(loss + jac_u.sum(axis=(1, 2)))
@@ -360,49 +361,61 @@ def _levenberg_marquardt(
         jac_u[bad] = 0.0
         return loss, resid, jac_u
 
-    everyone = np.arange(n_blocks)
-    u = np.clip(inverse_softplus(np.clip(theta0, 1e-12, UPPER_BOUND)), U_LOWER, u_upper)
-    loss, resid, jac_u = evaluate(u, everyone)
-    lam = np.full(n_blocks, 1e-3)
-    active = np.isfinite(loss)
+    u_out = np.clip(inverse_softplus(np.clip(theta0, 1e-12, UPPER_BOUND)), U_LOWER, u_upper)
+    loss_out, resid, jac_u = evaluate(u_out, sqrt_w_all, mask, target_all)
     converged = np.zeros(n_blocks, dtype=bool)
+    # The working set: the still-active blocks' state, compacted (gathered once per change of
+    # the set rather than every iteration); each block's arithmetic is the same as one at a time.
+    idx = np.flatnonzero(np.isfinite(loss_out))
+    u, loss, resid, jac_u = u_out[idx], loss_out[idx], resid[idx], jac_u[idx]
+    sqrt_w, mask_w, target = sqrt_w_all[idx], mask[idx], target_all[idx]
+    lam = np.full(idx.size, 1e-3)
     for _ in range(max_iter):
-        idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        jac_a = jac_u[idx]
-        jac_t = jac_a.transpose(0, 2, 1)
-        grad = (jac_t @ resid[idx][:, :, None])[:, :, 0]
-        hess = jac_t @ jac_a
+        jac_t = jac_u.transpose(0, 2, 1)
+        grad = (jac_t @ resid[:, :, None])[:, :, 0]
+        hess = jac_t @ jac_u
         diag = np.diagonal(hess, axis1=1, axis2=2)
-        damping = lam[idx, None] * (diag + 1e-9 * (diag.max(axis=1, keepdims=True) + 1e-12))
+        damping = lam[:, None] * (diag + 1e-9 * (diag.max(axis=1, keepdims=True) + 1e-12))
         system = hess + damping[:, :, None] * eye
         try:
             step = -np.linalg.solve(system, grad[:, :, None])[:, :, 0]
         except np.linalg.LinAlgError:
             step = -grad / np.maximum(np.diagonal(system, axis1=1, axis2=2), 1e-12)
         step = np.where(np.isfinite(step), step, 0.0)
-        u_new = np.minimum(np.maximum(u[idx] + step, U_LOWER), u_upper)  # np.clip, cheaper
-        loss_new, resid_new, jac_new = evaluate(u_new, idx)
-        better = loss_new <= loss[idx]
-        gain = np.where(better, loss[idx] - loss_new, 0.0)
-        acc = idx[better]
-        u[acc] = u_new[better]
-        resid[acc] = resid_new[better]
-        jac_u[acc] = jac_new[better]
-        loss[acc] = loss_new[better]
-        lam_idx = lam[idx]
-        small_gain = better & (lam_idx < 1.0) & (gain <= tol * loss[idx] + 1e-300)
+        u_new = np.minimum(np.maximum(u + step, U_LOWER), u_upper)  # np.clip, cheaper
+        loss_new, resid_new, jac_new = evaluate(u_new, sqrt_w, mask_w, target)
+        better = loss_new <= loss
+        gain = np.where(better, loss - loss_new, 0.0)
+        if better.all():  # every step kept: take the new arrays whole
+            u, resid, jac_u, loss = u_new, resid_new, jac_new, loss_new
+        else:
+            u[better] = u_new[better]
+            resid[better] = resid_new[better]
+            jac_u[better] = jac_new[better]
+            loss[better] = loss_new[better]
+        small_gain = better & (lam < 1.0) & (gain <= tol * loss + 1e-300)
         flat = np.max(np.abs(grad), axis=1) <= 1e-12
-        lam[idx] = np.where(better, np.maximum(lam_idx / 3.0, 1e-12), lam_idx * 4.0)
-        stuck = lam[idx] >= 1e12
+        lam = np.where(better, np.maximum(lam / 3.0, 1e-12), lam * 4.0)
+        stuck = lam >= 1e12
         done = small_gain | flat | stuck
-        converged[idx[done]] = True
-        active[idx[done]] = False
-    theta = softplus(u)
-    out_loss = np.where(np.isfinite(loss), loss, np.nan)
+        if done.any():
+            finished = idx[done]
+            u_out[finished] = u[done]
+            loss_out[finished] = loss[done]
+            converged[finished] = True
+            keep = ~done
+            idx, u, loss, resid, jac_u = idx[keep], u[keep], loss[keep], resid[keep], jac_u[keep]
+            sqrt_w, mask_w, target, lam = sqrt_w[keep], mask_w[keep], target[keep], lam[keep]
+    # blocks still active after max_iter keep their last state (and count as converged)
+    u_out[idx] = u
+    loss_out[idx] = loss
+    converged[idx] = True
+    theta = softplus(u_out)
+    out_loss = np.where(np.isfinite(loss_out), loss_out, np.nan)
     out_loss[mask.sum(axis=1) == 0] = np.nan
-    return _StackedOutcome(theta, out_loss, converged | active, "levenberg-marquardt")
+    return _StackedOutcome(theta, out_loss, converged, "levenberg-marquardt")
 
 
 def _lbfgsb_polish(
@@ -480,6 +493,18 @@ def _absurd_reason(problem: ScaledProblem, theta: np.ndarray) -> str:
     if at_bound:
         return f"parameter(s) {', '.join(at_bound)} at the lower bound (term vanishes)"
     return ""
+
+
+def _sane_rows(problem: ScaledProblem, theta: np.ndarray) -> np.ndarray:
+    """``[S]`` bool: the rows of ``theta`` ``[S, P]`` for which :func:`_absurd_reason` is ``""``."""
+    ok = np.all(np.isfinite(theta), axis=1) & ~np.any(theta > ABSURD_HIGH, axis=1)
+    if problem.exponents:
+        ok &= ~np.any(theta[:, list(problem.exponents)] < ABSURD_EXPONENT_LOW, axis=1)
+    skip = set(problem.exponents) | set(problem.floor_params)
+    bounded = [i for i in range(problem.n_params) if i not in skip]
+    if bounded:
+        ok &= ~np.any(theta[:, bounded] < LOWER_BOUND_TOL, axis=1)
+    return ok
 
 
 def _ci_reason(
@@ -630,7 +655,7 @@ def _finish(
         good = (
             np.isfinite(refit.loss)
             & np.all(np.isfinite(boot_params), axis=1)
-            & np.array([not _absurd_reason(problem, t) for t in refit.theta])
+            & _sane_rows(problem, refit.theta)
         )
         result.n_boot_ok = int(good.sum())
     # Most resamples of the data give no usable law: the fit is not stable.

@@ -287,9 +287,12 @@ def _best_per_size(
     (isotonic of the dip-free mean), else the one with the highest final isotonic return."""
     out: dict[tuple[str, str], dict[float, dict[float, _Prepared]]] = {}
     ranks: dict[tuple, tuple] = {}
+    levels_of: dict[tuple[str, str], np.ndarray] = {}  # one table look-up per (env, agent)
     for item in prepared:
         agent, env = str(item.key["agent"]), str(item.key["env"])
-        levels = thresholds_for(thresholds, env, agent)
+        if (env, agent) not in levels_of:
+            levels_of[env, agent] = thresholds_for(thresholds, env, agent)
+        levels = levels_of[env, agent]
         mean = seed_mean(item.returns[item.keep])
         if len(mean) == 0:
             continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -101,6 +102,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     os.environ["VALUESCALE_COMPILATION_CACHE"] = cache
+    # Bytecode in one folder per run: every Python process the run starts (xdist workers, engine
+    # runs, Snakemake and its jobs, SLURM jobs) reads the imports' compiled bytecode from there
+    # instead of compiling jax, pandas, Snakemake, ... again. Where the environment forbids
+    # writing bytecode (PYTHONDONTWRITEBYTECODE, set on the CI box) and the installer wrote none
+    # (uv), that compiling cost each process 3-7 CPU-s (2026-12-06). Nothing is written outside
+    # the scratch folder, so the user's tree stays as that setting wants it.
+    os.environ["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
+    sys.dont_write_bytecode = False
 
 
 def _reads_study(item: pytest.Item) -> bool:

@@ -674,8 +674,8 @@ def test_passive_critic_figure_gives_each_agent_its_own_slopes(two_agent_tables)
     """Each panel and the title's average quote the slope of its own agent's runs."""
     text = _texts(_figure("fig_passive_critic", two_agent_tables))
     assert "BRO slope vs main width -0.50" in text and "SimbaV2 slope vs main width -0.20" in text
-    assert text.count("slope vs main width -0.50 (mean)") == 2  # BRO's two envs
-    assert text.count("slope vs main width -0.20 (mean)") == 2  # SimbaV2's
+    assert text.count("slope vs main width -0.50 (mean)") == 4  # BRO: 2 envs x 2 σ
+    assert text.count("slope vs main width -0.20 (mean)") == 4  # SimbaV2
 
 
 @pytest.mark.parametrize(

@@ -471,7 +471,8 @@ _FIGURES: tuple[Figure, ...] = (
     Figure(
         "fig_learning_curves",
         ("curves", "thresholds"),
-        description="seed-mean return ± standard error per env and N, coloured by σ",
+        description="seed-mean return ± standard error per (agent, env) and each of that "
+        "agent's critic sizes N, coloured by σ",
     ),
 )
 

@@ -307,6 +307,20 @@ def test_passive_slopes_recover_known_power_laws() -> None:
     assert groups[metric, "h1-crawl-v0", "passive_width"] == 3  # one per main width
 
 
+def test_passive_slopes_are_per_agent_never_averaged_across_agents() -> None:
+    """Two agents on one env with different power laws: one row per (env, agent) and one
+    average per agent, each equal to that agent's own slope."""
+    simba = passive_curves(-0.2, -0.4).assign(agent="simbav2")
+    table = passive_critic_slope_table(pd.concat([passive_curves(-0.5, -0.1), simba]))
+    slopes = table.set_index(["metric", "env", "agent", "against"])["slope"]
+    metric = "passive_validation_critic_loss"
+    for env in ("h1-crawl-v0", "average"):
+        assert slopes[metric, env, "bro", "main_width"] == pytest.approx(-0.5, abs=1e-9)
+        assert slopes[metric, env, "simbav2", "main_width"] == pytest.approx(-0.2, abs=1e-9)
+        assert slopes[metric, env, "simbav2", "passive_width"] == pytest.approx(-0.4, abs=1e-9)
+    assert len(table) == 2 * 2 * 2 * 2  # metrics x agents x (env, average) x against
+
+
 def test_loss_summary_uses_the_last_tenth_of_training() -> None:
     summary = summarise_losses(passive_curves(0.0, 0.0))
     assert np.allclose(summary["loss"], 10.0)  # the early 50x values are ignored

@@ -551,3 +551,151 @@ def test_law_and_budget_figures_say_which_degenerate_fits_they_skip(tmp_path: Pa
     paths = {"budget_optimal": str(tmp_path / "budget_optimal.csv")}
     text = _texts(fig_budget(Inputs("fig_budget", paths), {}))
     assert "degenerate fit skipped: J #1 (not allocated)" in text, text
+
+
+# --------------------------------------------------------------------------------------------
+# Several agents in one study
+# --------------------------------------------------------------------------------------------
+
+#: critic sizes of a two-agent study: the agents' ladders differ (as BRO's and SimbaV2's do)
+LADDERS = {"bro": (12_000, 40_000, 150_000), "simbav2": (20_000, 70_000)}
+PASSIVE_SLOPES = {"bro": -0.5, "simbav2": -0.2}
+
+
+def _figure(name: str, inputs: dict[str, str]):
+    import matplotlib as mpl
+
+    from valuescale.plots import build_figure
+    from valuescale.plots._common import STYLE
+
+    with mpl.rc_context(STYLE):
+        return build_figure(name, {k: inputs[k] for k in FIGURE_INPUTS[name]})
+
+
+def _panels(fig) -> list:
+    """The data axes of a figure and its subfigures (colour bars left out)."""
+    from matplotlib.axes import Axes
+
+    return [ax for ax in fig.findobj(Axes) if ax.get_label() != "<colorbar>"]
+
+
+def _no_empty_panel(fig) -> None:
+    for ax in _panels(fig):
+        assert ax.axison and ax.lines, f"empty panel {ax.get_title()!r}"
+
+
+@pytest.fixture(scope="module")
+def two_agent_tables(tmp_path_factory) -> dict[str, str]:
+    """Own runs of BRO and SimbaV2 on two envs with different critic-size ladders: returns,
+    training and validation losses, a passive critic; thresholds; passive-critic slopes."""
+    from valuescale.analysis.evaluation import passive_critic_slope_table
+
+    root = tmp_path_factory.mktemp("two_agents")
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 21) * 5_000
+    frames = []
+    for agent, sizes in LADDERS.items():
+        for env in ("cartpole-balance", "cheetah-run"):
+            for utd in (1.0, 2.0):
+                for width, n in enumerate(sizes, start=1):
+                    for passive in (1, 4):
+                        for seed in range(2):
+                            speed = utd**0.3 * (n / 1e4) ** 0.2 / 4e4
+                            ret = 800 * (1 - np.exp(-steps * speed))
+                            loss = 10.0 * width ** PASSIVE_SLOPES[agent] + 0 * steps
+                            for metric, values in (
+                                ("return", ret + rng.normal(0, 20, len(steps))),
+                                ("critic_loss", 5 / utd**0.3 / (n / 1e4) ** 0.2 + 0 * steps),
+                                ("validation_critic_loss", 20 / (n / 1e4) ** 0.1 + 0 * steps),
+                                ("passive_validation_critic_loss", loss * passive**-0.1),
+                            ):
+                                frames.append(
+                                    pd.DataFrame(
+                                        {
+                                            "env": env,
+                                            "agent": agent,
+                                            "utd": utd,
+                                            "width": width,
+                                            "critic_params": n,
+                                            "batch_size": 256,
+                                            "lr": 3e-4,
+                                            "seed": seed + 10 * passive,
+                                            "step": steps,
+                                            "metric": metric,
+                                            "value": values,
+                                            "source": "own",
+                                            "passive_width": passive,
+                                            "passive_critic_params": 100 * passive,
+                                        }
+                                    )
+                                )
+    curves = pd.concat(frames, ignore_index=True)
+    curves = curves.astype({"width": "Int64", "passive_width": "Int64"})
+    write_table(curves, root / "curves.parquet")
+    thresholds = pd.DataFrame(
+        [
+            {"env": env, "agent": agent, "threshold_idx": j, "threshold": level}
+            for env in ("cartpole-balance", "cheetah-run")
+            for agent in LADDERS
+            for j, level in enumerate((300.0, 700.0))
+        ]
+    )
+    thresholds.to_csv(root / "thresholds.csv", index=False)
+    slopes = passive_critic_slope_table(curves)
+    slopes.to_csv(root / "passive_critic_slopes.csv", index=False)
+    return {
+        "curves": str(root / "curves.parquet"),
+        "thresholds": str(root / "thresholds.csv"),
+        "passive_critic_slopes": str(root / "passive_critic_slopes.csv"),
+    }
+
+
+def test_learning_curves_of_two_agents_give_each_its_own_critic_sizes(two_agent_tables):
+    """One block per agent, titled with its name, whose columns are that agent's own critic
+    sizes: no empty panel although the agents' ladders differ."""
+    from valuescale.plots._common import human
+
+    fig = _figure("fig_learning_curves", two_agent_tables)
+    _no_empty_panel(fig)
+    assert [sub._suptitle.get_text() for sub in fig.subfigs] == ["BRO", "SimbaV2"]
+    for sub, sizes in zip(fig.subfigs, LADDERS.values(), strict=True):
+        titles = [ax.get_title() for ax in sub.axes if ax.get_label() != "<colorbar>"]
+        assert titles == [f"N={human(n)}" for n in sizes] * 2  # two envs (rows)
+    assert len(_panels(fig)) == 2 * (3 + 2)
+
+
+@pytest.mark.parametrize("name", ["fig_preprocessing", "fig_overfitting", "fig_passive_critic"])
+def test_curve_figures_of_two_agents_name_each_agent(two_agent_tables, name: str) -> None:
+    text = _texts(_figure(name, two_agent_tables))
+    assert "BRO" in text and "SimbaV2" in text, text
+
+
+def test_passive_critic_figure_gives_each_agent_its_own_slopes(two_agent_tables) -> None:
+    """Each panel and the title's average quote the slope of its own agent's runs."""
+    text = _texts(_figure("fig_passive_critic", two_agent_tables))
+    assert "BRO slope vs main width -0.50" in text and "SimbaV2 slope vs main width -0.20" in text
+    assert text.count("slope vs main width -0.50 (mean)") == 4  # BRO: 2 envs x 2 σ
+    assert text.count("slope vs main width -0.20 (mean)") == 4  # SimbaV2
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fig_scaling",
+        "fig_data_efficiency",
+        "fig_budget",
+        "fig_preprocessing",
+        "fig_overfitting",
+        "fig_learning_curves",
+    ],
+)
+def test_figures_of_the_published_bro_and_simbav2_runs_name_each_agent(
+    name: str, real_tables: dict[str, str]
+) -> None:
+    """The real tables hold BRO (fitted_bs) and SimbaV2 runs of h1-stand, whose critic-size
+    ladders differ (BRO's stops at 34M, SimbaV2's at 143M)."""
+    fig = _figure(name, real_tables)
+    text = _texts(fig)
+    assert "BRO" in text and "SimbaV2" in text, text
+    if name == "fig_learning_curves":
+        _no_empty_panel(fig)

@@ -395,6 +395,7 @@ _TABLES: tuple[Table, ...] = (
         columns=(
             "metric",
             "env",
+            "agent",
             "against",
             "slope",
             "slope_min",
@@ -404,7 +405,8 @@ _TABLES: tuple[Table, ...] = (
         ),
         required=("env", "against", "slope"),
         conditional=True,
-        description="log-log slopes of validation TD loss vs main and passive critic width",
+        description="log-log slopes of validation TD loss vs main and passive critic width, "
+        "per agent",
     ),
     Table(
         "proposal",
@@ -469,7 +471,8 @@ _FIGURES: tuple[Figure, ...] = (
     Figure(
         "fig_learning_curves",
         ("curves", "thresholds"),
-        description="seed-mean return ± standard error per env and N, coloured by σ",
+        description="seed-mean return ± standard error per (agent, env) and each of that "
+        "agent's critic sizes N, coloured by σ",
     ),
 )
 

@@ -601,16 +601,17 @@ def passive_critic_slope_table(
 ) -> pd.DataFrame:
     """``passive_critic_slopes.csv``: average log-log slopes of validation TD loss vs width.
 
-    For each env and loss metric (:data:`PASSIVE_METRICS`; the passive critic's validation loss
-    is the quantity of paper Fig. 4), the slope of ``log loss`` against ``log main width`` is
+    For each agent, env and loss metric (:data:`PASSIVE_METRICS`; the passive critic's
+    validation loss is the quantity of paper Fig. 4), the slope of ``log loss`` against ``log main width`` is
     fitted within every group of runs that share everything but the main width (the passive
     width fixed), and against ``log passive width`` with the main width fixed; an env's slope is
     the mean over its groups (``slope_min`` / ``slope_max`` their range). Rows with env
-    ``average`` hold the mean over envs per (metric, against). Main width is the critic width
-    (the critic parameter count where no width is known).
+    ``average`` hold the mean over an agent's envs per (metric, against); slopes of different
+    agents are never averaged together. Main width is the critic width (the critic parameter
+    count where no width is known).
 
     Returns:
-        Columns metric, env, against (``main_width`` | ``passive_width``), slope, slope_min,
+        Columns metric, env, agent, against (``main_width`` | ``passive_width``), slope, slope_min,
         slope_max, n_groups, n_points.
     """
     summary = summarise_losses(curves, metrics, last)
@@ -619,47 +620,50 @@ def passive_critic_slope_table(
     summary = summary.assign(
         main_width=summary["width"].where(summary["width"].notna(), summary["critic_params"])
     )
-    base = ["agent", "source", "utd", "batch_size", "lr"]
+    base = ["source", "utd", "batch_size", "lr"]
     rows: list[dict] = []
     for metric in metrics:
         per_metric = summary[summary["metric"] == metric]
-        env_rows = []
-        for env, data in per_metric.groupby("env", sort=True):
-            for against, fixed in (
-                ("main_width", [*base, "passive_width"]),
-                ("passive_width", [*base, "main_width"]),
-            ):
-                slopes = _slopes(data, against, fixed)
-                if not slopes:
+        for agent, per_agent in per_metric.groupby("agent", sort=True):
+            env_rows = []
+            for env, data in per_agent.groupby("env", sort=True):
+                for against, fixed in (
+                    ("main_width", [*base, "passive_width"]),
+                    ("passive_width", [*base, "main_width"]),
+                ):
+                    slopes = _slopes(data, against, fixed)
+                    if not slopes:
+                        continue
+                    env_rows.append(
+                        {
+                            "metric": metric,
+                            "env": env,
+                            "agent": agent,
+                            "against": against,
+                            "slope": float(np.mean(slopes)),
+                            "slope_min": float(np.min(slopes)),
+                            "slope_max": float(np.max(slopes)),
+                            "n_groups": len(slopes),
+                            "n_points": len(data),
+                        }
+                    )
+            rows.extend(env_rows)
+            for against in ("main_width", "passive_width"):
+                sel = [r for r in env_rows if r["against"] == against]
+                if not sel:
                     continue
-                env_rows.append(
+                values = np.array([r["slope"] for r in sel])
+                rows.append(
                     {
                         "metric": metric,
-                        "env": env,
+                        "env": "average",
+                        "agent": agent,
                         "against": against,
-                        "slope": float(np.mean(slopes)),
-                        "slope_min": float(np.min(slopes)),
-                        "slope_max": float(np.max(slopes)),
-                        "n_groups": len(slopes),
-                        "n_points": len(data),
+                        "slope": float(values.mean()),
+                        "slope_min": float(values.min()),
+                        "slope_max": float(values.max()),
+                        "n_groups": int(sum(r["n_groups"] for r in sel)),
+                        "n_points": int(sum(r["n_points"] for r in sel)),
                     }
                 )
-        rows.extend(env_rows)
-        for against in ("main_width", "passive_width"):
-            sel = [r for r in env_rows if r["against"] == against]
-            if not sel:
-                continue
-            values = np.array([r["slope"] for r in sel])
-            rows.append(
-                {
-                    "metric": metric,
-                    "env": "average",
-                    "against": against,
-                    "slope": float(values.mean()),
-                    "slope_min": float(values.min()),
-                    "slope_max": float(values.max()),
-                    "n_groups": int(sum(r["n_groups"] for r in sel)),
-                    "n_points": int(sum(r["n_points"] for r in sel)),
-                }
-            )
     return pd.DataFrame(rows, columns=PASSIVE_COLUMNS)

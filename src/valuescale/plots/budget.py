@@ -17,6 +17,7 @@ from valuescale.plots._common import (
     Inputs,
     NoData,
     TableSpec,
+    agent_label,
     empty_panel,
     human,
     log_ticks,
@@ -297,6 +298,21 @@ def _skipped_text(skipped: pd.DataFrame, key: Mapping[str, object]) -> str:
     return f"{len(sel)} degenerate fit(s) skipped"
 
 
+def _skipped_families(skipped: pd.DataFrame) -> str:
+    """``"; BRO cartpole-balance: degenerate fits skipped: J #0, #1"`` per (agent, scope) of the
+    skipped rows (each agent named), or ``""``."""
+    keys = [c for c in ("agent", "source", "variant", "scope") if c in skipped]
+    parts = []
+    for values, _ in skipped.groupby(keys, sort=True) if keys and len(skipped) else []:
+        key = dict(zip(keys, values, strict=True))
+        names = [agent_label(key.get("agent")), key.get("scope")]
+        if "variant" in skipped and skipped["variant"].nunique() > 1:
+            names.append(VARIANT_LABELS.get(str(key["variant"]), key["variant"]))
+        who = " ".join(str(v) for v in names if v)
+        parts.append(f"{who}: {_skipped_text(skipped, key)}")
+    return "".join(f"; {part}" for part in parts)
+
+
 def _draw_overlay(
     row_axes: Sequence[Axes],
     scopes: list[tuple[Mapping[str, object], pd.DataFrame]],
@@ -396,7 +412,7 @@ def fig_budget(tables: Inputs, settings: Mapping[str, object]) -> Figure:
     skipped = points[points["status"].astype(str) == "skipped"]
     points = points[points["status"].astype(str) == "ok"]
     if points.empty:
-        raise NoData("no budget-optimal point with status ok")
+        raise NoData("no budget-optimal point with status ok" + _skipped_families(skipped))
     fits = tables.get("budget_fits", BUDGET_FITS)
     rows = _rows(points, variants)
     many = "source" in points and points["source"].nunique() > 1

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import ticker
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 
 from valuescale.analysis.crossings import crossing_steps
@@ -22,6 +22,7 @@ from valuescale.analysis.preprocess import (
     seed_mean,
 )
 from valuescale.plots._common import (
+    ColourScale,
     Inputs,
     NoData,
     TableSpec,
@@ -29,6 +30,7 @@ from valuescale.plots._common import (
     fill_optional,
     human,
     main_source,
+    new_figure,
     panel_grid,
     panel_title,
     source_label,
@@ -348,25 +350,20 @@ def _columns(
     return n_cols, layout
 
 
-def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figure:
-    """Learning curves: seed-mean return ± one standard error vs env steps.
-
-    One row per (agent, env) (runs of the source with the most (σ, N) configurations of that
-    env), one panel per critic size N (columns aligned across envs; at most
-    6, evenly spread), one line per σ (colour, shared colour bar) at the batch size that reaches
-    J_max first. Grey dashed lines: J_min and J_max of the env. Panels of a row share the x axis.
-    """
-    curves = main_source(load_returns(tables))
-    prepared = _prepare_all(curves, _reset_rule(settings))
-    if not prepared:
-        raise NoData("no return curves")
-    thresholds = load_thresholds(tables)
-    best = _best_per_size(prepared, thresholds)
-    many = curves["source"].nunique() > 1
+def _draw_learning_block(
+    container: Figure | SubFigure,
+    best: Mapping[tuple[str, str], Mapping[float, Mapping[float, _Prepared]]],
+    thresholds: pd.DataFrame | None,
+    scale: ColourScale,
+    many_sources: bool,
+) -> tuple[list[Axes], int]:
+    """One agent's rows of ``fig_learning_curves`` in ``container``: one row per env, one panel
+    per critic size of that agent (:func:`_columns`). Returns the axes and the number of critic
+    sizes left out."""
     rows = sorted(best)
     n_cols, layout = _columns(best)
-    scale = utd_scale([float(p.key["utd"]) for p in prepared])
-    fig, axes = panel_grid(len(rows) * n_cols, n_cols, 1.75, extra_height=1.0)
+    grid = container.subplots(len(rows), n_cols, squeeze=False)
+    axes = list(grid.ravel())
     skipped = sum(len(best[g]) - len(layout[g]) for g in rows)
     for r, (agent, env) in enumerate(rows):
         levels = thresholds_for(thresholds, env, agent)
@@ -379,7 +376,7 @@ def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figur
             for item in by_utd.values()
         )
         for c, ax in enumerate(row_axes):
-            if c not in used:
+            if c not in used:  # this env has no run of the agent's c-th critic size
                 ax.set_axis_off()
                 continue
             for utd, item in sorted(best[(agent, env)][used[c]].items()):
@@ -407,13 +404,55 @@ def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figur
             ax.set_title(f"N={human(used[c])}", fontsize=8)
         first = row_axes[min(used)]
         source = next(iter(next(iter(best[(agent, env)].values())).values())).key["source"]
-        label = [env, agent_label(agent)] + ([source_label(source)] if many else [])
+        label = [env, agent_label(agent)] + ([source_label(source)] if many_sources else [])
         first.set_ylabel("\n".join([*label, "return"]))
         if len(levels):
             y_range[1] = max(y_range[1], float(levels[-1]))
         pad = 0.04 * (y_range[1] - y_range[0] or 1.0)
         first.set_ylim(y_range[0] - pad, y_range[1] + pad)
-    scale.colorbar(fig, axes, location="bottom", shrink=0.4, aspect=40, pad=0.01)
+    return axes, skipped
+
+
+def fig_learning_curves(tables: Inputs, settings: Mapping[str, object]) -> Figure:
+    """Learning curves: seed-mean return ± one standard error vs env steps.
+
+    One row per (agent, env) (runs of the source with the most (σ, N) configurations of that
+    env), one panel per critic size N of that agent (columns aligned across the agent's envs; at
+    most 6, evenly spread), one line per σ (colour, shared colour bar) at the batch size that
+    reaches J_max first. Grey dashed lines: J_min and J_max of the env. Panels of a row share the
+    x axis. Several agents: one block of rows per agent, titled with its name, each with its own
+    columns (the agents' critic sizes are not comparable at equal width, and their ladders
+    differ, so columns shared across agents would leave empty panels).
+    """
+    curves = main_source(load_returns(tables))
+    prepared = _prepare_all(curves, _reset_rule(settings))
+    if not prepared:
+        raise NoData("no return curves")
+    thresholds = load_thresholds(tables)
+    best = _best_per_size(prepared, thresholds)
+    many = curves["source"].nunique() > 1
+    agents = sorted({agent for agent, _ in best})
+    by_agent = [{g: v for g, v in best.items() if g[0] == agent} for agent in agents]
+    scale = utd_scale([float(p.key["utd"]) for p in prepared])
+    n_rows = [len(rows) for rows in by_agent]
+    block_title = 0.3 if len(agents) > 1 else 0.0
+    fig = new_figure(sum(n_rows) * 1.75 + len(agents) * block_title + 1.0)
+    if len(agents) == 1:
+        containers: list[Figure | SubFigure] = [fig]
+    else:
+        heights = [n * 1.75 + block_title for n in n_rows]
+        containers = list(
+            fig.subfigures(len(agents), 1, height_ratios=heights, squeeze=False)[:, 0]
+        )
+    skipped = 0
+    axes: list[Axes] = []
+    for agent, container, rows in zip(agents, containers, by_agent, strict=True):
+        axes, left_out = _draw_learning_block(container, rows, thresholds, scale, many)
+        skipped += left_out
+        if len(agents) > 1:
+            container.suptitle(agent_label(agent), fontsize=10, fontweight="bold")
+    # the colour bar under the last block (a colour bar cannot span several subfigures)
+    scale.colorbar(containers[-1], axes, location="bottom", shrink=0.4, aspect=40, pad=0.01)
     note_text = f" ({skipped} critic sizes not shown)" if skipped else ""
     fig.suptitle(
         "Learning curves: seed-mean return ± 1 s.e., best batch size per (σ, N); "

@@ -549,8 +549,9 @@ def fig_scaling(tables: Inputs, settings: Mapping[str, object]) -> Figure:
             _degenerate_panel(ax, panel.fit, fits, _source(panel.fit, fits))
             continue
         _draw_scaling(ax, panel, scale)
-    scale.colorbar(fig, axes, shrink=min(0.6, 5.0 / fig.get_figheight()))
-    _scaling_legend(fig)
+    if drawn:  # no colour bar (nor legend) over panels that draw nothing
+        scale.colorbar(fig, axes, shrink=min(0.6, 5.0 / fig.get_figheight()))
+        _scaling_legend(fig)
     _suptitle(fig, "Iso-D_J contours of the fitted law and the compute-optimal (σ*, N*)", chosen)
     return fig
 
@@ -681,8 +682,9 @@ def fig_data_efficiency(tables: Inputs, settings: Mapping[str, object]) -> Figur
                 left.get_title() + "\n" + "\n".join(textwrap.wrap(skipped, 44)), fontsize=8
             )
         right.set_title(f"{title}\nD_J vs N: {_fit_text(fit).replace(chr(10), ', ')}", fontsize=8)
-    n_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
-    u_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
+    if pairs:  # no colour bars under panels that draw nothing
+        n_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
+        u_scale.colorbar(fig, axes, location="bottom", shrink=0.45, aspect=45, pad=0.01)
     _suptitle(
         fig, "Data efficiency: measured D_J (points, ±1 bootstrap sd) and Eq. 7.1 fits", chosen
     )

@@ -22,6 +22,8 @@ from valuescale.plots._common import (
     Inputs,
     NoData,
     TableSpec,
+    agent_label,
+    figure_title,
     fill_optional,
     human,
     log_ticks,
@@ -41,7 +43,7 @@ VALIDATION_METRIC = "validation_critic_loss"
 PASSIVE_METRIC = "passive_validation_critic_loss"
 SLOPES = TableSpec(
     required=("env", "against", "slope"),
-    optional=("metric",),
+    optional=("metric", "agent"),
     numeric=("slope",),
 )
 RUN_KEYS = ["agent", "env", "source", "utd", "batch_size", "lr", "width", "critic_params"]
@@ -281,10 +283,16 @@ def fig_passive_critic(tables: Inputs, settings: Mapping[str, object]) -> Figure
         right.set_xlabel("passive critic width")
         left.set_ylabel("passive critic\nvalidation TD loss")
     scale.colorbar(fig, axes, location="bottom", shrink=0.5, aspect=45, pad=0.01)
-    average = [
-        _slope_text(slopes, "average", "", against).replace(" (mean)", "")
-        for against in ("main_width", "passive_width")
-    ]
-    extra = f" — average over envs: {', '.join(average)}" if all(average) else ""
-    fig.suptitle(f"Passive critic: validation TD loss (last 10 % of training){extra}")
+    agents = sorted({str(agent) for agent, _, _ in (key for key, _ in groups)})
+    averages = []
+    for agent in agents:
+        average = [
+            _slope_text(slopes, "average", agent, against).replace(" (mean)", "")
+            for against in ("main_width", "passive_width")
+        ]
+        if all(average):
+            who = f"{agent_label(agent)} " if len(agents) > 1 else ""
+            averages.append(f"{who}{', '.join(average)}")
+    extra = f" — average over envs: {'; '.join(averages)}" if averages else ""
+    figure_title(fig, f"Passive critic: validation TD loss (last 10 % of training){extra}")
     return fig

@@ -152,17 +152,13 @@ def test_snapshot_continues_bit_for_bit_across_falls() -> None:
             restored.reset()
 
 
-@needs_package
-@pytest.mark.slow
-def test_two_seed_bro_run_on_h1_stand_through_the_engine_cli(tmp_path: Path) -> None:
+def _two_seed_run_on_h1_stand(tmp_path: Path, args: str):
+    """The engine CLI on h1-stand with seeds 0 and 1 and ``args``: it exits 0 and both seeds end
+    ok. Returns the process, run.json and the curves."""
     out = tmp_path / "run"
-    args = (
-        "--env h1-stand-v0 --agent bro --seeds 0,1 --steps 400 --warmup-steps 300 --width 512 "
-        "--actor-width 32 --batch-size 32 --n-quantiles 100 --replay-size 1000 --utd 1 "
-        "--eval-interval 400 --eval-episodes 1 --log-interval 100 --checkpoint-every 0 --threads 1"
-    ).split()
+    cmd = ["--env", "h1-stand-v0", "--seeds", "0,1", *args.split(), "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "valuescale.train", *args, "--out", str(out)],
+        [sys.executable, "-m", "valuescale.train", *cmd],
         capture_output=True,
         text=True,
         timeout=600,
@@ -173,11 +169,22 @@ def test_two_seed_bro_run_on_h1_stand_through_the_engine_cli(tmp_path: Path) -> 
         "0": {"status": "ok"},
         "1": {"status": "ok"},
     }
+    return proc, run, pd.read_parquet(out / "curves.parquet")
+
+
+@needs_package
+@pytest.mark.slow
+def test_two_seed_bro_run_on_h1_stand_through_the_engine_cli(tmp_path: Path) -> None:
+    proc, run, curves = _two_seed_run_on_h1_stand(
+        tmp_path,
+        "--agent bro --steps 400 --warmup-steps 300 --width 512 --actor-width 32 --batch-size 32 "
+        "--n-quantiles 100 --replay-size 1000 --utd 1 --eval-interval 400 --eval-episodes 1 "
+        "--log-interval 100 --checkpoint-every 0 --threads 1",
+    )
     assert (run["obs_dim"], run["act_dim"], run["critic_params"]) == (OBS, ACT, N_AT_512)
     assert run["env_steps"] == 400 and run["gradient_steps"] == 100
     assert run["versions"]["humanoid_bench"] == metadata.version("humanoid_bench")
     assert run["versions"]["gymnasium"] == metadata.version("gymnasium")
-    curves = pd.read_parquet(out / "curves.parquet")
     assert set(curves["seed"]) == {0, 1} and (curves["env"] == "h1-stand-v0").all()
     assert (curves["critic_params"] == N_AT_512).all() and np.isfinite(curves["value"]).all()
     returns = curves[curves.metric == "return"]
@@ -195,31 +202,18 @@ def test_two_seed_simbav2_run_on_h1_stand_through_the_engine_cli(tmp_path: Path)
     HumanoidBench (``bind``), so run.json's critic size is the closed form at H = 2, d = 70."""
     from valuescale.agents.simbav2 import simbav2_critic_param_formula
 
-    out = tmp_path / "run"
-    args = (
-        "--env h1-stand-v0 --agent simbav2 --seeds 0,1 --steps 200 --warmup-steps 100 --width 16 "
-        "--actor-width 16 --batch-size 16 --replay-size 200 --utd 1 --eval-interval 200 "
-        "--eval-episodes 1 --log-interval 100 --checkpoint-every 0 --threads 1"
-    ).split()
-    proc = subprocess.run(
-        [sys.executable, "-m", "valuescale.train", *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    _, run, curves = _two_seed_run_on_h1_stand(
+        tmp_path,
+        "--agent simbav2 --steps 200 --warmup-steps 100 --width 16 --actor-width 16 "
+        "--batch-size 16 --replay-size 200 --utd 1 --eval-interval 200 --eval-episodes 1 "
+        "--log-interval 100 --checkpoint-every 0 --threads 1",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = json.loads((out / "run.json").read_text())
-    assert run["complete"] is True and run["seeds"] == {
-        "0": {"status": "ok"},
-        "1": {"status": "ok"},
-    }
     n_critic = simbav2_critic_param_formula(D_IN, 16, depth=2, n_atoms=101, n_heads=2)
     assert n_critic == 2 * (17 * 16**2 + (D_IN + 114) * 16 + 101)  # method.md, L = 2, K = 101
     assert (run["obs_dim"], run["act_dim"], run["critic_params"]) == (OBS, ACT, n_critic)
     assert run["config"]["agent"] == "simbav2" and run["config"]["critic_heads"] is None
     assert run["env_steps"] == 200 and run["gradient_steps"] == 50
     assert run["versions"]["humanoid_bench"] == metadata.version("humanoid_bench")
-    curves = pd.read_parquet(out / "curves.parquet")
     assert set(curves["seed"]) == {0, 1} and (curves["agent"] == "simbav2").all()
     assert (curves["critic_params"] == n_critic).all() and np.isfinite(curves["value"]).all()
     for seed in (0, 1):  # training metrics at 200 (100 is still warm-up) and the evaluation

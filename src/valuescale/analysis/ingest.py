@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from valuescale import catalog
 from valuescale.atomic import atomic_path
 from valuescale.config import CURVE_COLUMNS as ENGINE_CURVE_COLUMNS
 
@@ -68,19 +69,9 @@ CURVE_COLUMNS: list[str] = list(ENGINE_CURVE_COLUMNS)
 # Columns added by the ingest: the data's origin and the passive critic's size.
 EXTRA_COLUMNS: list[str] = ["source", "passive_width", "passive_critic_params"]
 TABLE_COLUMNS: list[str] = CURVE_COLUMNS + EXTRA_COLUMNS
-# Columns that identify a configuration (seeds are samples of it).
-HYPERPARAMETER_COLUMNS: list[str] = [
-    "env",
-    "agent",
-    "utd",
-    "width",
-    "critic_params",
-    "batch_size",
-    "lr",
-    "source",
-    "passive_width",
-    "passive_critic_params",
-]
+# Columns that identify a configuration (seeds are samples of it): the catalogue's configuration
+# keys and the passive critic's size.
+HYPERPARAMETER_COLUMNS: list[str] = [*catalog.CONFIG_KEYS, "passive_width", "passive_critic_params"]
 
 _DTYPES: dict[str, str] = {
     "env": "str",

@@ -215,8 +215,7 @@ def bench_update(
     fn = jax.jit(jax.vmap(step), donate_argnums=0)
     result: dict[str, float] = {}
     t0 = time.perf_counter()
-    analytic = args.agent == "bro"  # valuescale.flops counts BRO's networks only
-    if args.xla_cost or not analytic:
+    if args.xla_cost:
         compiled = fn.lower(states, replays).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -234,11 +233,9 @@ def bench_update(
     per_call = timer.time_calls(call, args.min_time, args.repeats)
     result["foreign_cpu_share"] = max(timer.foreign[n_foreign:])
     sec_per_update = statistics.median(per_call) / n
-    if analytic:
-        flops = update_flops(OBS_DIM, ACT_DIM, cfg) * n_seeds
-    else:  # XLA counts the update loop's body once: one update of every seed (for BRO it is
-        # 1.09x the analytic count at W 64, B 64)
-        flops = result.pop("xla_flops_per_call")
+    # dense-layer FLOPs (valuescale.flops); --xla-cost adds XLA's count of one update of every
+    # seed (the loop's body, counted once), which includes the elementwise work
+    flops = update_flops(OBS_DIM, ACT_DIM, cfg) * n_seeds
     result.update(
         seeds=n_seeds,
         width=width,

@@ -21,6 +21,7 @@ from valuescale.agents.simbav2.loss import (
 )
 from valuescale.agents.simbav2.networks import (
     CategoricalCritic,
+    HyperTanhPolicy,
     Embedder,
     LerpBlock,
     apply_critic,
@@ -75,6 +76,54 @@ def test_critic_param_count_matches_the_closed_form(d_in, width, depth, heads, n
     assert counted == expected
     if (d_in, width, heads) == (88, 512, 1):
         assert counted == 4_559_973  # DMC humanoid, one head (method.md)
+
+
+def _kernel_weights(d_in: int, width: int, depth: int, heads: int, n_atoms: int) -> int:
+    module = CategoricalCritic(width, depth, n_atoms)
+    shapes = jax.eval_shape(
+        lambda k: init_critic(module, k, d_in - 1, 1, heads), jax.random.PRNGKey(0)
+    )
+    return sum(
+        math.prod(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        if path[-1].key == "hyper_kernel"
+    )
+
+
+@pytest.mark.parametrize(
+    ("d_in", "width", "depth", "heads", "n_atoms"), [(70, 128, 2, 2, 101), (12, 48, 1, 1, 51)]
+)
+def test_update_flops_count_every_kernel_weight_once_per_pass(d_in, width, depth, heads, n_atoms):
+    from valuescale.agents.simbav2.config import SimbaV2Config
+    from valuescale.flops import simbav2_actor_macs, simbav2_critic_macs, update_flops
+
+    macs = simbav2_critic_macs(d_in, width, depth, n_atoms, heads)
+    assert macs == _kernel_weights(d_in, width, depth, heads, n_atoms)
+    if width == 128:  # method.md: 601,290 parameters at W 128 without the scalers (biases kept)
+        assert macs + heads * n_atoms == 601_290
+    obs_dim, act_dim = d_in - 5, 5
+    actor = HyperTanhPolicy(act_dim=act_dim, width=32, depth=1)
+    shapes = jax.eval_shape(
+        lambda k: actor.init(k, jnp.zeros((1, obs_dim)))["params"], jax.random.PRNGKey(0)
+    )
+    kernels = [
+        leaf
+        for p, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        if p[-1].key == "hyper_kernel"
+    ]
+    assert simbav2_actor_macs(obs_dim, act_dim, 32, 1) == sum(math.prod(k.shape) for k in kernels)
+    cfg = SimbaV2Config(
+        critic_width=width,
+        critic_depth=depth,
+        critic_heads=heads,
+        n_atoms=n_atoms,
+        actor_width=32,
+        batch_size=8,
+    )
+    ma = simbav2_actor_macs(obs_dim, act_dim, 32, 1)
+    assert update_flops(obs_dim, act_dim, cfg) == 8 * (12 * macs + 8 * ma)
+    with pytest.raises(ValueError, match="critic_heads"):
+        update_flops(obs_dim, act_dim, SimbaV2Config())
 
 
 # ----------------------------------------------------------------------------- layers

@@ -8,6 +8,7 @@ A valid control config must dry-run, so the failures are about the mutated key.
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import importlib.util
 import subprocess
@@ -316,3 +317,35 @@ def test_shipped_configs_are_valid(tmp_path, name):
     proc = dry_run(tmp_path, config, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Job stats" in proc.stdout + proc.stderr
+
+
+def test_runtime_estimate_follows_each_agents_updates_and_flops():
+    """The scheduler's runtime estimate: the job's planned updates (SimbaV2 counts utd per agent
+    step of action_repeat 2 simulator steps) times the agent's own FLOPs per update."""
+    from valuescale import study
+    from valuescale.agents.bro.config import BROConfig
+    from valuescale.agents.simbav2.config import SimbaV2Config
+    from valuescale.flops import update_flops
+
+    cfg = study.load_config()
+    cfg["train"].update(steps=1_002_000, warmup_steps=2_000, action_repeat=None)
+    cfg["resources"]["train"].update(runtime_base_min=5, runtime_safety=1.0, runtime_gflops=100)
+    obs_act = study.NOMINAL_OBS_ACT
+
+    def minutes(agent, first=0, last=0):
+        job = study.TrainJob("cheetah-run", agent, "2", 512, 256, "3e-4", first, last)
+        return study.train_runtime_minutes(cfg, job)
+
+    # config/config.yaml's actor_width 64 applies to both agents, its n_quantiles 10 to BRO
+    bro = update_flops(
+        *obs_act, BROConfig(critic_width=512, batch_size=256, actor_width=64, n_quantiles=10)
+    )
+    bro_updates = 2 * 1_000_000  # utd 2 per env step
+    assert minutes("bro") == 5 + math.ceil(bro * bro_updates / 100e9 / 60)
+    assert minutes("bro", 0, 4) == 5 + math.ceil(5 * bro * bro_updates / 100e9 / 60)
+    simba = update_flops(
+        *obs_act, SimbaV2Config(critic_width=512, batch_size=256, critic_heads=1, actor_width=64)
+    )
+    simba_updates = 2 * 1_000_000 // 2  # utd 2 per agent step of 2 simulator steps
+    assert minutes("simbav2") == 5 + math.ceil(simba * simba_updates / 100e9 / 60)
+    assert simba > 2 * bro  # one 17 W^2 head against BRO's two 4 W^2 ones (and the passes)

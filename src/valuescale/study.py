@@ -198,6 +198,40 @@ def train_jobs(
     return list(jobs)
 
 
+#: Observation and action sizes the runtime estimate assumes for every env (humanoid's, the largest
+#: inputs of the paper's DMC tasks; above h1's 51 + 19), so that no env must be built to plan jobs.
+NOMINAL_OBS_ACT = (67, 21)
+
+
+def train_runtime_minutes(cfg: dict, job: TrainJob) -> int:
+    """A scheduler's runtime estimate of one train job, in minutes:
+    ``runtime_base_min + ceil(runtime_safety * updates * FLOPs per update / (runtime_gflops * 1e9)
+    / 60)``, with the job's planned gradient updates of all its seeds (the agent's step
+    conventions: ``TrainConfig.total_updates``) and the agent's analytic FLOPs of one update
+    (``valuescale.flops.update_flops``, at :data:`NOMINAL_OBS_ACT`)."""
+    import math
+
+    from valuescale.config import TrainConfig, setting_fields
+    from valuescale.flops import update_flops
+
+    res = cfg["resources"]["train"]
+    names = {f.name for f in setting_fields(job.agent)} - {"seeds"}
+    settings = {
+        k: v for k, v in train_settings(cfg, job.env).items() if k in names and v is not None
+    }
+    settings.update(
+        utd=float(job.utd), critic_width=job.width, batch_size=job.batch_size, lr=float(job.lr)
+    )
+    run = TrainConfig(job.env, agent=job.agent, **settings)
+    agent_cfg = run.agent_config
+    if hasattr(agent_cfg, "for_env"):  # SimbaV2: critic heads by env
+        agent_cfg = agent_cfg.for_env(job.env)
+    flops = update_flops(*NOMINAL_OBS_ACT, agent_cfg) * run.total_updates
+    flops *= job.last - job.first + 1
+    minutes = res["runtime_safety"] * flops / (res["runtime_gflops"] * 1e9) / 60.0
+    return int(res["runtime_base_min"] + math.ceil(minutes))
+
+
 # ----------------------------------------------------------------------------- loading
 
 

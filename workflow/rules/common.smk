@@ -372,13 +372,15 @@ def get_train_mem_mb(wildcards):
 
 
 def get_train_runtime(wildcards):
-    """Minutes: base + safety * updates * FLOPs per update / achieved FLOP/s."""
-    res = config["resources"]["train"]
-    settings = train_settings(wildcards.env)
-    updates = float(wildcards.utd) * settings["steps"] * _n_seeds(wildcards)
-    flops = 64.0 * int(wildcards.width) ** 2 * int(wildcards.batch_size) * updates
-    minutes = res["runtime_safety"] * flops / (res["runtime_gflops"] * 1e9) / 60.0
-    return int(res["runtime_base_min"] + math.ceil(minutes))
+    """Minutes: base + safety * the job's updates * the agent's FLOPs per update / GFLOP/s."""
+    job = study.TrainJob(*(getattr(wildcards, k) for k in study.TrainJob._fields))
+    job = job._replace(
+        width=int(job.width),
+        batch_size=int(job.batch_size),
+        first=int(job.first),
+        last=int(job.last),
+    )
+    return study.train_runtime_minutes(config, job)
 
 
 # ----------------------------------------------------------------------------- analysis helpers

@@ -26,10 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Params = Any
+from valuescale.agents.bro.config import CRITIC_HEADS as N_HEADS
 
-N_HEADS = 2
-"""Number of critic heads (BRO's double critic)."""
+Params = Any
 
 
 def default_kernel_init(scale: float = math.sqrt(2.0)) -> nn.initializers.Initializer:

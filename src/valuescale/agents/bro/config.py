@@ -12,6 +12,9 @@ from typing import Any
 
 from valuescale.settings import check_fields, setting
 
+CRITIC_HEADS = 2
+"""Heads of BRO's double critic (two independently initialised BroNets)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class BROConfig:

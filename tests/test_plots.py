@@ -699,3 +699,29 @@ def test_figures_of_the_published_bro_and_simbav2_runs_name_each_agent(
     assert "BRO" in text and "SimbaV2" in text, text
     if name == "fig_learning_curves":
         _no_empty_panel(fig)
+
+
+def test_progress_figure_gives_each_agent_its_own_panel(tmp_path):
+    """`valuescale status --plot` of a study with BRO and SimbaV2 cells on one env: one panel per
+    (env, agent), each titled with its agent and counting only its own cells."""
+    from valuescale.plots.progress import fig_progress
+
+    cells = []
+    for agent, utd, params in [("bro", 1.0, 9e4), ("bro", 2.0, 9e4), ("simbav2", 1.0, 7e4)]:
+        run = f"cartpole-balance/{agent}/utd{utd:g}"
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        pd.DataFrame(
+            {"step": [1000, 2000], "metric": "return", "value": [100.0, 300.0],
+             "critic_params": params, "seed": 0}
+        ).to_parquet(tmp_path / "runs" / run / "curves.parquet")  # fmt: skip
+        cells.append({"env": "cartpole-balance", "agent": agent, "utd": utd, "state": "done",
+                      "run": run, "planned_steps": 2000})  # fmt: skip
+    cells.append({"env": "cartpole-balance", "agent": "simbav2", "utd": 2.0, "state": "pending",
+                  "run": "x", "planned_steps": 2000})  # fmt: skip
+    status = {"results_dir": str(tmp_path), "cells": cells, "counts": {"done": 3, "pending": 1}}
+    fig = fig_progress(status)
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_title())
+    assert titles == [
+        "cartpole-balance · BRO\n2 of 2 cells with an evaluation",
+        "cartpole-balance · SimbaV2\n1 of 2 cells with an evaluation",
+    ]

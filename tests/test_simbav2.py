@@ -21,8 +21,8 @@ from valuescale.agents.simbav2.loss import (
 )
 from valuescale.agents.simbav2.networks import (
     CategoricalCritic,
-    HyperTanhPolicy,
     Embedder,
+    HyperTanhPolicy,
     LerpBlock,
     apply_critic,
     init_critic,

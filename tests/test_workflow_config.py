@@ -8,9 +8,9 @@ A valid control config must dry-run, so the failures are about the mutated key.
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
 import importlib.util
+import math
 import subprocess
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 
 Drawn from the run folders the status command read (``valuescale.status.study_status``): each
 cell's ``curves.parquet`` when complete, else the ``progress.parquet`` of its last checkpoint.
-One panel per env; one line per cell (its seed-mean return), coloured by σ as in
+One panel per env and agent (titled with both); one line per cell (its seed-mean return), coloured by σ as in
 ``fig_learning_curves`` (the same colour map and bar), thicker for larger critics N; solid when
 done, dashed and ending in a dot while unfinished (running, stopped, failed).
 """
@@ -81,7 +81,7 @@ def fig_progress(status: Mapping[str, Any]) -> Figure:
         return no_data_figure(
             "Learning curves so far", f"no cell has evaluated yet ({total} cells: {state_text})"
         )
-    envs = sorted({cell["env"] for cell, _ in curves})
+    panels = sorted({(cell["env"], cell["agent"]) for cell, _ in curves})
     colour = utd_scale([cell["utd"] for cell, _ in curves])
     sizes = sorted({float(df["critic_params"].iloc[0]) for _, df in curves})
     lo, hi = LINE_WIDTHS
@@ -91,30 +91,26 @@ def fig_progress(status: Mapping[str, Any]) -> Figure:
             return (lo + hi) / 2
         return lo + (hi - lo) * np.log(n / sizes[0]) / np.log(sizes[-1] / sizes[0])
 
-    fig, axes = panel_grid(len(envs), N_COLS, 2.6, extra_height=1.3)
-    for ax, env in zip(axes, envs, strict=True):
-        agents = set()
+    fig, axes = panel_grid(len(panels), N_COLS, 2.6, extra_height=1.3)
+    for ax, (env, agent) in zip(axes, panels, strict=True):
         # large critics first, so that thin lines stay visible on top
-        mine = [(c, df) for c, df in curves if c["env"] == env]
+        mine = [(c, df) for c, df in curves if (c["env"], c["agent"]) == (env, agent)]
         mine.sort(key=lambda item: -float(item[1]["critic_params"].iloc[0]))
         for cell, df in mine:
-            agents.add(cell["agent"])
             done = cell["state"] in ("done", "stale")
             n = float(df["critic_params"].iloc[0])
             style = {"color": colour(cell["utd"]), "lw": width(n), "alpha": 0.9}
             ax.plot(df["step"], df["mean"], ls="-" if done else "--", **style)
             if not done:
                 ax.plot(df["step"].iloc[-1], df["mean"].iloc[-1], "o", ms=3.5, **style)
-        steps = max(c["planned_steps"] for c in status["cells"] if c["env"] == env)
-        ax.set_xlim(0, steps * 1.02)
+        planned = [c for c in status["cells"] if (c["env"], c["agent"]) == (env, agent)]
+        ax.set_xlim(0, max(c["planned_steps"] for c in planned) * 1.02)
         _step_axis(ax)
         ax.set_ylabel("seed-mean return")
-        n_cells = sum(1 for c in status["cells"] if c["env"] == env)
         ax.set_title(
-            panel_title(env, next(iter(agents)) if len(agents) == 1 else None,
-                        f"{len(mine)} of {n_cells} cells with an evaluation"),
+            panel_title(env, agent, f"{len(mine)} of {len(planned)} cells with an evaluation"),
             fontsize=8.5,
-        )  # fmt: skip
+        )
     colour.colorbar(fig, axes, location="bottom", shrink=0.4, aspect=40, pad=0.01)
     handles = [Line2D([], [], color="0.35", lw=width(n), label=f"N={human(n)}") for n in sizes]
     handles += [

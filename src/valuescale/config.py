@@ -250,8 +250,7 @@ class TrainConfig:
 
     def gradient_steps_after(self, env_steps_after_warmup: int) -> int:
         """Total gradient steps after that many post-warm-up env (simulator) steps."""
-        agent_steps = max(0, env_steps_after_warmup) // self.action_repeat
-        return math.floor(agent_steps * self.utd_fraction)
+        return gradient_steps(env_steps_after_warmup, self.utd, self.action_repeat)
 
     @property
     def total_updates(self) -> int:
@@ -302,6 +301,14 @@ class TrainConfig:
 def loop_fields() -> list[dataclasses.Field]:
     """``TrainConfig``'s own settings (the loop's), without ``agent_config`` and test hooks."""
     return [f for f in public_fields(TrainConfig) if f.name != "agent_config"]
+
+
+def gradient_steps(env_steps_after_warmup: int, utd: float, action_repeat: int = 1) -> int:
+    """Gradient steps after that many post-warm-up env (simulator) steps at UTD ``utd`` (updates
+    per agent step of ``action_repeat`` simulator steps): ``floor(agent steps * utd)`` with
+    ``utd`` as the exact fraction of its decimal representation."""
+    agent_steps = max(0, int(env_steps_after_warmup)) // int(action_repeat)
+    return math.floor(agent_steps * Fraction(repr(float(utd))))
 
 
 def setting_fields(agent: str) -> list[dataclasses.Field]:

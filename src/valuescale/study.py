@@ -10,6 +10,8 @@ defaults filled in). Neither JAX nor dm_control is imported here.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
 from collections import namedtuple
@@ -206,30 +208,42 @@ NOMINAL_OBS_ACT = (67, 21)
 def train_runtime_minutes(cfg: dict, job: TrainJob) -> int:
     """A scheduler's runtime estimate of one train job, in minutes:
     ``runtime_base_min + ceil(runtime_safety * updates * FLOPs per update / (runtime_gflops * 1e9)
-    / 60)``, with the job's planned gradient updates of all its seeds (the agent's step
-    conventions: ``TrainConfig.total_updates``) and the agent's analytic FLOPs of one update
+    / 60)``, with the planned gradient updates of all the job's seeds (the agent's step
+    conventions, ``valuescale.config.gradient_steps``) and the agent's analytic FLOPs of one update
     (``valuescale.flops.update_flops``, at :data:`NOMINAL_OBS_ACT`)."""
     import math
 
-    from valuescale.config import TrainConfig, setting_fields
-    from valuescale.flops import update_flops
+    from valuescale.config import gradient_steps
 
     res = cfg["resources"]["train"]
-    names = {f.name for f in setting_fields(job.agent)} - {"seeds"}
-    settings = {
-        k: v for k, v in train_settings(cfg, job.env).items() if k in names and v is not None
-    }
-    settings.update(
-        utd=float(job.utd), critic_width=job.width, batch_size=job.batch_size, lr=float(job.lr)
+    settings = train_settings(cfg, job.env)
+    frozen = tuple(sorted((k, v) for k, v in settings.items() if not isinstance(v, list | dict)))
+    flops, action_repeat = _update_cost(job.agent, job.env, job.width, job.batch_size, frozen)
+    updates = gradient_steps(
+        settings["steps"] - settings["warmup_steps"], float(job.utd), action_repeat
     )
-    run = TrainConfig(job.env, agent=job.agent, **settings)
-    agent_cfg = run.agent_config
-    if hasattr(agent_cfg, "for_env"):  # SimbaV2: critic heads by env
-        agent_cfg = agent_cfg.for_env(job.env)
-    flops = update_flops(*NOMINAL_OBS_ACT, agent_cfg) * run.total_updates
-    flops *= job.last - job.first + 1
-    minutes = res["runtime_safety"] * flops / (res["runtime_gflops"] * 1e9) / 60.0
+    total = flops * updates * (job.last - job.first + 1)
+    minutes = res["runtime_safety"] * total / (res["runtime_gflops"] * 1e9) / 60.0
     return int(res["runtime_base_min"] + math.ceil(minutes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _update_cost(
+    agent: str, env: str, width: int, batch_size: int, settings: tuple
+) -> tuple[int, int]:
+    """(FLOPs of one update, action repeat) of ``agent`` at ``width`` x ``batch_size`` with the
+    train ``settings`` (sorted items); cached: the agent's config validates every field."""
+    from valuescale.agents import config_class
+    from valuescale.flops import update_flops
+
+    cls = config_class(agent)
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in settings if k in names and v is not None}
+    agent_cfg = cls(**{**given, "critic_width": int(width), "batch_size": int(batch_size)})
+    if hasattr(agent_cfg, "for_env"):  # SimbaV2: critic heads by env
+        agent_cfg = agent_cfg.for_env(env)
+    flops = update_flops(*NOMINAL_OBS_ACT, agent_cfg)
+    return flops, int(getattr(agent_cfg, "action_repeat", 1))
 
 
 # ----------------------------------------------------------------------------- loading

@@ -6,12 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import baselines
 import numpy as np
 import pandas as pd
 import pytest
 
 from valuescale.config import ConfigError, TrainConfig
-from valuescale.envs import make_env
 from valuescale.networks import bro_critic_param_formula
 from valuescale.train import CURVE_COLUMNS, OutDirConflict, _Run, run_training
 
@@ -225,20 +225,6 @@ def test_validation_and_passive_critic_metrics(tmp_path: Path) -> None:
     assert int(run.val.replay.size[0]) == 400 // 5
 
 
-def _random_return(env_name: str, seeds: list[int], steps: int) -> float:
-    returns = []
-    for seed in seeds:
-        env = make_env(env_name, 10_000 + seed, max_episode_steps=steps)
-        rng = np.random.default_rng(seed)
-        env.reset()
-        total, truncated = 0.0, False
-        while not truncated:
-            _, reward, _, truncated = env.step(rng.uniform(-1, 1, env.act_dim))
-            total += reward
-        returns.append(total)
-    return float(np.mean(returns))
-
-
 @pytest.mark.slow
 def test_short_run_learns(tmp_path: Path) -> None:
     """cartpole-balance, 25k env steps (about 1-2 min on 2 cores): the final deterministic
@@ -265,7 +251,7 @@ def test_short_run_learns(tmp_path: Path) -> None:
     assert summary["seeds"] == {"0": {"status": "ok"}, "1": {"status": "ok"}}
     df = pd.read_parquet(tmp_path / "curves.parquet")
     final = df[(df.metric == "return") & (df.step == 25_000)].set_index("seed")["value"]
-    random_return = _random_return("cartpole-balance", [0, 1, 2, 3], 1_000)
+    random_return = baselines.random_return("cartpole-balance", [0, 1, 2, 3], 1_000)
     assert 250 < random_return < 600  # the random baseline of this task (~400)
     # learnt returns still swing by +-200 between evaluations 5k steps apart at this length
     # (one run: 766, 588, 678 at 15k, 20k, 25k), so the bar is well above random, not a level

@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg["results_dir"] = str(results)
         study = tmp / "study.yaml"
         study.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores"]
-        cmd += [str(args.cores), "--directory", str(tmp), "--configfile", str(study), "-q"]
-        cmd += [str(results / README_TARGET)]
+        # the target first: --quiet's optional values (and --configfile's list) would swallow it
+        cmd = [sys.executable, "-m", "snakemake", str(results / README_TARGET)]
+        cmd += ["-s", str(ROOT / "Snakefile"), "--cores", str(args.cores)]
+        cmd += ["--directory", str(tmp), "--configfile", str(study), "--quiet"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=tmp)
         snakemake_wall = time.perf_counter() - start

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 from collections import namedtuple
@@ -211,8 +212,6 @@ def train_runtime_minutes(cfg: dict, job: TrainJob) -> int:
     / 60)``, with the planned gradient updates of all the job's seeds (the agent's step
     conventions, ``valuescale.config.gradient_steps``) and the agent's analytic FLOPs of one update
     (``valuescale.flops.update_flops``, at :data:`NOMINAL_OBS_ACT`)."""
-    import math
-
     from valuescale.config import gradient_steps
 
     res = cfg["resources"]["train"]

@@ -63,7 +63,6 @@ from valuescale.analysis.fitting import (
     ScaledProblem,
     failed_result,
     fit_loglinear,
-    fit_scaled,
     fit_scaled_many,
     predict_loglinear,
     relative_error,
@@ -173,9 +172,9 @@ class DataEfficiencyProblem(ScaledProblem):
         return self._log_predict(theta, self.log_utd, self.log_params)
 
     def stack_key(self) -> object:
-        # one group: the law's arithmetic is elementwise in the inputs, so several problems'
-        # blocks can be evaluated in one call with per-block inputs
-        return "data_efficiency_1" if self.n_groups == 1 else None
+        # the law's arithmetic is elementwise in the inputs, so problems with the same groups of
+        # points can be evaluated in one call with per-block inputs
+        return ("data_efficiency", self.n_groups, self.group.tobytes())
 
     @classmethod
     def stack(
@@ -258,8 +257,10 @@ class _StackedDataEfficiency(DataEfficiencyProblem):
 
     def __init__(self, problems: Sequence[DataEfficiencyProblem], n_blocks: Sequence[int]) -> None:
         first = problems[0]
-        self.group, self.n_groups = first.group, 1
+        self.group, self.n_groups = first.group, first.n_groups
         self.names, self.exponents, self.floor_params = first.names, (0, 1), first.floor_params
+        self._rows, self._col_dmin = first._rows, first._col_dmin
+        self._col_a, self._col_b = first._col_a, first._col_b
         self.block_log_utd = np.concatenate(
             [
                 np.repeat(p.log_utd[None, :], k, axis=0)
@@ -354,18 +355,50 @@ def fit_shared_exponents(
         One FitResult per group, each with that group's D_min, a_J, b_J and the shared exponents;
         ``loss`` and ``n`` are the group's own. A failed joint fit fails every group.
     """
-    group = np.asarray(group, dtype=int)
-    n_groups = int(group.max()) + 1 if group.size else 0
-    try:
-        problem = DataEfficiencyProblem(utd, critic_params, D, group)
-        if n_groups < 2:
-            raise FitDataError(STATUS_FAILED, "shared exponents need at least 2 envs")
-    except FitDataError as err:
-        return [
-            _reorder(failed_result(DE_PARAMS, err.status, err.reason, _n_finite(D[group == g])))
-            for g in range(max(n_groups, 1))
-        ]
-    joint = fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed, rules=rules)
+    return fit_shared_exponents_many(
+        [(utd, critic_params, D, group, D_boot)], n_starts=n_starts, seed=seed, rules=rules
+    )[0]
+
+
+def fit_shared_exponents_many(
+    fits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+    rules: DegeneracyRules | None = None,
+) -> list[list[FitResult]]:
+    """:func:`fit_shared_exponents` of every ``(utd, critic_params, D, group, D_boot)``, with
+    the same results, optimised in batches (:func:`valuescale.analysis.fitting.fit_scaled_many`:
+    joint fits with the same groups of points share one)."""
+    results: list[list[FitResult] | None] = [None] * len(fits)
+    todo, problems = [], []
+    for i, (utd, critic_params, D, group, D_boot) in enumerate(fits):
+        group = np.asarray(group, dtype=int)
+        n_groups = int(group.max()) + 1 if group.size else 0
+        try:
+            problem = DataEfficiencyProblem(utd, critic_params, D, group)
+            if n_groups < 2:
+                raise FitDataError(STATUS_FAILED, "shared exponents need at least 2 envs")
+        except FitDataError as err:
+            results[i] = [
+                _reorder(failed_result(DE_PARAMS, err.status, err.reason, _n_finite(D[group == g])))
+                for g in range(max(n_groups, 1))
+            ]
+            continue
+        todo.append(i)
+        problems.append((problem, D, D_boot))
+    joints = fit_scaled_many(problems, n_starts=n_starts, seed=seed, rules=rules)
+    for i, joint in zip(todo, joints, strict=True):
+        utd, critic_params, D, group, _ = fits[i]
+        results[i] = _split_joint(joint, utd, critic_params, D, np.asarray(group, dtype=int))
+    return results  # type: ignore[return-value]
+
+
+def _split_joint(
+    joint: FitResult, utd: np.ndarray, critic_params: np.ndarray, D: np.ndarray, group: np.ndarray
+) -> list[FitResult]:
+    """One FitResult per group of a joint fit (its own D_min, a_J, b_J, loss and n)."""
+    n_groups = int(group.max()) + 1
     D = np.asarray(D, dtype=float)
     results = []
     for g in range(n_groups):
@@ -847,6 +880,8 @@ class _FitBatch:
         self.fit_kw = fit_kw
         self.requests: list[tuple] = []
         self.results: list[FitResult] = []
+        self.shared_requests: list[tuple] = []
+        self.shared_results: list[list[FitResult]] = []
 
     def fit(
         self, utd: np.ndarray, critic_params: np.ndarray, D: np.ndarray, D_boot: np.ndarray | None
@@ -855,16 +890,36 @@ class _FitBatch:
         self.requests.append((utd, critic_params, D, D_boot))
         return _PendingFit(self, len(self.requests) - 1)
 
+    def fit_shared(
+        self,
+        utd: np.ndarray,
+        critic_params: np.ndarray,
+        D: np.ndarray,
+        group: np.ndarray,
+        D_boot: np.ndarray | None,
+    ) -> _PendingFit:
+        """Request :func:`fit_shared_exponents` (``.member(g)``: group ``g``'s result)."""
+        self.shared_requests.append((utd, critic_params, D, group, D_boot))
+        return _PendingFit(self, len(self.shared_requests) - 1, shared=True)
+
     def run(self) -> None:
         self.results = fit_data_efficiency_many(self.requests, **self.fit_kw)  # type: ignore[arg-type]
+        self.shared_results = fit_shared_exponents_many(self.shared_requests, **self.fit_kw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class _PendingFit:
     batch: _FitBatch
     index: int
+    shared: bool = False
+    group: int | None = None
+
+    def member(self, group: int) -> _PendingFit:
+        return _PendingFit(self.batch, self.index, self.shared, group)
 
     def get(self) -> FitResult:
+        if self.shared:
+            return self.batch.shared_results[self.index][self.group or 0]
         return self.batch.results[self.index]
 
 
@@ -1042,22 +1097,22 @@ def fit_data_efficiency_table(
             "envs": ",".join(envs),
         }
         if "shared" in variants:
-            fits = (
-                []
+            joint = (
+                None
                 if len(envs) < 2
-                else fit_shared_exponents(
+                else batch.fit_shared(
                     used["utd"].to_numpy(float),
                     used["critic_params"].to_numpy(float),
                     used["D"].to_numpy(float),
                     np.array([envs.index(e) for e in used["env"]]),
                     boot,
-                    **fit_kw,
                 )
             )
             for env in sorted(data["env"].unique()):
                 env_data = data[data["env"] == env]
-                if env in envs and fits:
-                    fit = fits[envs.index(env)]
+                fit: FitResult | _PendingFit
+                if env in envs and joint is not None:
+                    fit = joint.member(envs.index(env))
                 else:
                     why = (
                         f"fewer than {MIN_POINTS_PER_ENV} finite D"
@@ -1066,7 +1121,8 @@ def fit_data_efficiency_table(
                     )
                     fit = failed_result(DE_PARAMS, STATUS_FAILED, why, int(counts[env]))
                 rows.append(
-                    _row(
+                    partial(
+                        _row,
                         fit,
                         scope=env,
                         variant="shared",

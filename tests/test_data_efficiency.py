@@ -15,8 +15,10 @@ from valuescale.analysis.data_efficiency import (
     env_medians,
     exclude_points,
     fit_data_efficiency,
+    fit_data_efficiency_many,
     fit_data_efficiency_table,
     fit_shared_exponents,
+    fit_shared_exponents_many,
     flag_degenerate,
     mean_relative_error,
     predict_D,
@@ -76,6 +78,43 @@ def test_bootstrap_ci_brackets_fit_and_truth() -> None:
     for name in ("alpha_J", "beta_J"):
         assert fit.lo[name] < fit.params[name] < fit.hi[name]
         assert fit.lo[name] < TRUE[name] < fit.hi[name]
+
+
+def _same_result(a, b) -> bool:
+    """Two FitResults equal bit for bit (NaN equal to NaN)."""
+    same = (
+        a.status == b.status and a.reason == b.reason and (a.n, a.n_boot_ok) == (b.n, b.n_boot_ok)
+    )
+    for got, want in ((a.params, b.params), (a.lo, b.lo), (a.hi, b.hi)):
+        same &= np.array_equal(list(got.values()), list(want.values()), equal_nan=True)
+    return bool(same and np.array_equal(a.loss, b.loss, equal_nan=True))
+
+
+def test_batched_fits_equal_fits_one_at_a_time() -> None:
+    """The batched optimisation (several thresholds' starts and bootstrap refits in one
+    Levenberg-Marquardt run) gives each fit exactly the result of fitting it alone."""
+    rng = np.random.default_rng(7)
+    u, n = grid()
+    requests = []
+    for j, true in enumerate([TRUE, law(1e5, 0.6, 1.2), law(2e4, 2.0, 0.4), TRUE]):
+        D = predict_D(true, u, n) * np.exp(rng.normal(0, NOISE, u.size))
+        D[rng.random(u.size) < 0.1 * j] = np.nan  # thresholds some configurations miss
+        boot = D * np.exp(rng.normal(0, NOISE, (30, u.size)))
+        requests.append((u, n, D, boot))
+    requests.append((u[:5], n[:5], requests[0][2][:5], None))  # another point count, no CIs
+    batched = fit_data_efficiency_many(requests, n_starts=4)
+    alone = [fit_data_efficiency(*r, n_starts=4) for r in requests]
+    assert [f.status for f in batched] == [f.status for f in alone]
+    assert all(_same_result(a, b) for a, b in zip(batched, alone, strict=True))
+    group = np.repeat([0, 1], u.size)
+    shared = [
+        (np.tile(u, 2), np.tile(n, 2), np.concatenate([r[2], r[2] * 2.0]), group, None)
+        for r in requests[:3]
+    ]
+    batched_shared = fit_shared_exponents_many(shared, n_starts=4)
+    for got, request in zip(batched_shared, shared, strict=True):
+        want = fit_shared_exponents(*request[:4], n_starts=4)
+        assert all(_same_result(a, b) for a, b in zip(got, want, strict=True))
 
 
 def test_shared_exponents_fit_three_envs() -> None:

@@ -45,7 +45,9 @@ Bootstrap CIs: a ``D_boot`` column holding a length-K array per crossing row (se
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -61,7 +63,7 @@ from valuescale.analysis.fitting import (
     ScaledProblem,
     failed_result,
     fit_loglinear,
-    fit_scaled,
+    fit_scaled_many,
     predict_loglinear,
     relative_error,
     unscale_power_term,
@@ -167,6 +169,24 @@ class DataEfficiencyProblem(ScaledProblem):
         self._col_b = 4 + 3 * self.group
 
     def log_predict(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._log_predict(theta, self.log_utd, self.log_params)
+
+    def stack_key(self) -> object:
+        # the law's arithmetic is elementwise in the inputs, so problems with the same groups of
+        # points can be evaluated in one call with per-block inputs
+        return ("data_efficiency", self.n_groups, self.group.tobytes())
+
+    @classmethod
+    def stack(
+        cls, problems: Sequence[ScaledProblem], n_blocks: Sequence[int]
+    ) -> _StackedDataEfficiency:
+        return _StackedDataEfficiency(problems, n_blocks)  # type: ignore[arg-type]
+
+    def _log_predict(
+        self, theta: np.ndarray, log_utd: np.ndarray, log_params: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The prediction and Jacobian for inputs ``log_utd``, ``log_params`` (``[n]``, or
+        ``[S, n]`` per block of a stack: the same arithmetic, elementwise)."""
         alpha = theta[:, :1]
         beta = theta[:, 1:2]
         if self.n_groups == 1:  # plain slices: much cheaper than gathers
@@ -174,8 +194,8 @@ class DataEfficiencyProblem(ScaledProblem):
         else:
             d_min = theta[:, self._col_dmin]
             a, b = theta[:, self._col_a], theta[:, self._col_b]
-        x_utd = np.log(a) - self.log_utd  # log(a / σ~)
-        x_params = np.log(b) - self.log_params
+        x_utd = np.log(a) - log_utd  # log(a / σ~)
+        x_params = np.log(b) - log_params
         # np.minimum(np.maximum(.)) is np.clip without its wrapper's overhead (hot loop)
         term_utd = np.exp(np.minimum(np.maximum(alpha * x_utd, -700.0), 700.0))
         term_params = np.exp(np.minimum(np.maximum(beta * x_params, -700.0), 700.0))
@@ -230,6 +250,39 @@ class DataEfficiencyProblem(ScaledProblem):
         return out
 
 
+class _StackedDataEfficiency(DataEfficiencyProblem):
+    """Several one-group :class:`DataEfficiencyProblem` s with the same number of points as one
+    problem for the batched optimiser: block ``k`` is evaluated with the inputs of the problem
+    it came from (:meth:`ScaledProblem.stack`)."""
+
+    def __init__(self, problems: Sequence[DataEfficiencyProblem], n_blocks: Sequence[int]) -> None:
+        first = problems[0]
+        self.group, self.n_groups = first.group, first.n_groups
+        self.names, self.exponents, self.floor_params = first.names, (0, 1), first.floor_params
+        self._rows, self._col_dmin = first._rows, first._col_dmin
+        self._col_a, self._col_b = first._col_a, first._col_b
+        self.block_log_utd = np.concatenate(
+            [
+                np.repeat(p.log_utd[None, :], k, axis=0)
+                for p, k in zip(problems, n_blocks, strict=True)
+            ]
+        )
+        self.block_log_params = np.concatenate(
+            [
+                np.repeat(p.log_params[None, :], k, axis=0)
+                for p, k in zip(problems, n_blocks, strict=True)
+            ]
+        )
+
+    def log_predict_blocks(
+        self, theta: np.ndarray, blocks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._log_predict(theta, self.block_log_utd[blocks], self.block_log_params[blocks])
+
+    def log_predict(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise TypeError("a stack of problems predicts per block (log_predict_blocks)")
+
+
 def fit_data_efficiency(
     utd: np.ndarray,
     critic_params: np.ndarray,
@@ -253,12 +306,33 @@ def fit_data_efficiency(
     Returns:
         FitResult with params ``D_min, a_J, alpha_J, b_J, beta_J`` (+ ``_lo``/``_hi``).
     """
+    return fit_data_efficiency_many(
+        [(utd, critic_params, D, D_boot)], n_starts=n_starts, seed=seed, rules=rules
+    )[0]
+
+
+def fit_data_efficiency_many(
+    fits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+    rules: DegeneracyRules | None = None,
+) -> list[FitResult]:
+    """:func:`fit_data_efficiency` of every ``(utd, critic_params, D, D_boot)``, with the same
+    results, optimised in batches (:func:`valuescale.analysis.fitting.fit_scaled_many`)."""
     names = ("alpha_J", "beta_J", "D_min", "a_J", "b_J")
-    try:
-        problem = DataEfficiencyProblem(utd, critic_params, D)
-    except FitDataError as err:
-        return _reorder(failed_result(names, err.status, err.reason, _n_finite(D)))
-    return _reorder(fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed, rules=rules))
+    results: list[FitResult | None] = [None] * len(fits)
+    todo, problems = [], []
+    for i, (utd, critic_params, D, D_boot) in enumerate(fits):
+        try:
+            problems.append((DataEfficiencyProblem(utd, critic_params, D), D, D_boot))
+            todo.append(i)
+        except FitDataError as err:
+            results[i] = failed_result(names, err.status, err.reason, _n_finite(D))
+    fitted = fit_scaled_many(problems, n_starts=n_starts, seed=seed, rules=rules)
+    for i, result in zip(todo, fitted, strict=True):
+        results[i] = result
+    return [_reorder(r) for r in results]  # type: ignore[arg-type]
 
 
 def fit_shared_exponents(
@@ -281,18 +355,50 @@ def fit_shared_exponents(
         One FitResult per group, each with that group's D_min, a_J, b_J and the shared exponents;
         ``loss`` and ``n`` are the group's own. A failed joint fit fails every group.
     """
-    group = np.asarray(group, dtype=int)
-    n_groups = int(group.max()) + 1 if group.size else 0
-    try:
-        problem = DataEfficiencyProblem(utd, critic_params, D, group)
-        if n_groups < 2:
-            raise FitDataError(STATUS_FAILED, "shared exponents need at least 2 envs")
-    except FitDataError as err:
-        return [
-            _reorder(failed_result(DE_PARAMS, err.status, err.reason, _n_finite(D[group == g])))
-            for g in range(max(n_groups, 1))
-        ]
-    joint = fit_scaled(problem, D, D_boot, n_starts=n_starts, seed=seed, rules=rules)
+    return fit_shared_exponents_many(
+        [(utd, critic_params, D, group, D_boot)], n_starts=n_starts, seed=seed, rules=rules
+    )[0]
+
+
+def fit_shared_exponents_many(
+    fits: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+    rules: DegeneracyRules | None = None,
+) -> list[list[FitResult]]:
+    """:func:`fit_shared_exponents` of every ``(utd, critic_params, D, group, D_boot)``, with
+    the same results, optimised in batches (:func:`valuescale.analysis.fitting.fit_scaled_many`:
+    joint fits with the same groups of points share one)."""
+    results: list[list[FitResult] | None] = [None] * len(fits)
+    todo, problems = [], []
+    for i, (utd, critic_params, D, group, D_boot) in enumerate(fits):
+        group = np.asarray(group, dtype=int)
+        n_groups = int(group.max()) + 1 if group.size else 0
+        try:
+            problem = DataEfficiencyProblem(utd, critic_params, D, group)
+            if n_groups < 2:
+                raise FitDataError(STATUS_FAILED, "shared exponents need at least 2 envs")
+        except FitDataError as err:
+            results[i] = [
+                _reorder(failed_result(DE_PARAMS, err.status, err.reason, _n_finite(D[group == g])))
+                for g in range(max(n_groups, 1))
+            ]
+            continue
+        todo.append(i)
+        problems.append((problem, D, D_boot))
+    joints = fit_scaled_many(problems, n_starts=n_starts, seed=seed, rules=rules)
+    for i, joint in zip(todo, joints, strict=True):
+        utd, critic_params, D, group, _ = fits[i]
+        results[i] = _split_joint(joint, utd, critic_params, D, np.asarray(group, dtype=int))
+    return results  # type: ignore[return-value]
+
+
+def _split_joint(
+    joint: FitResult, utd: np.ndarray, critic_params: np.ndarray, D: np.ndarray, group: np.ndarray
+) -> list[FitResult]:
+    """One FitResult per group of a joint fit (its own D_min, a_J, b_J, loss and n)."""
+    n_groups = int(group.max()) + 1
     D = np.asarray(D, dtype=float)
     results = []
     for g in range(n_groups):
@@ -765,8 +871,69 @@ def _normalised_mean(D: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class _FitBatch:
+    """The data-efficiency fits of a table, requested while its rows are laid out and solved
+    together (:func:`fit_data_efficiency_many`: one batched optimisation for all the thresholds
+    and envs, with the results of one fit at a time)."""
+
+    def __init__(self, **fit_kw: object) -> None:
+        self.fit_kw = fit_kw
+        self.requests: list[tuple] = []
+        self.results: list[FitResult] = []
+        self.shared_requests: list[tuple] = []
+        self.shared_results: list[list[FitResult]] = []
+
+    def fit(
+        self, utd: np.ndarray, critic_params: np.ndarray, D: np.ndarray, D_boot: np.ndarray | None
+    ) -> _PendingFit:
+        """Request :func:`fit_data_efficiency` of these points (its result after :meth:`run`)."""
+        self.requests.append((utd, critic_params, D, D_boot))
+        return _PendingFit(self, len(self.requests) - 1)
+
+    def fit_shared(
+        self,
+        utd: np.ndarray,
+        critic_params: np.ndarray,
+        D: np.ndarray,
+        group: np.ndarray,
+        D_boot: np.ndarray | None,
+    ) -> _PendingFit:
+        """Request :func:`fit_shared_exponents` (``.member(g)``: group ``g``'s result)."""
+        self.shared_requests.append((utd, critic_params, D, group, D_boot))
+        return _PendingFit(self, len(self.shared_requests) - 1, shared=True)
+
+    def run(self) -> None:
+        self.results = fit_data_efficiency_many(self.requests, **self.fit_kw)  # type: ignore[arg-type]
+        self.shared_results = fit_shared_exponents_many(self.shared_requests, **self.fit_kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _PendingFit:
+    batch: _FitBatch
+    index: int
+    shared: bool = False
+    group: int | None = None
+
+    def member(self, group: int) -> _PendingFit:
+        return _PendingFit(self.batch, self.index, self.shared, group)
+
+    def get(self) -> FitResult:
+        if self.shared:
+            return self.batch.shared_results[self.index][self.group or 0]
+        return self.batch.results[self.index]
+
+
+def _row_with(
+    extra: Mapping[str, object], result: FitResult | _PendingFit, **kwargs: object
+) -> dict:
+    """:func:`_row` with ``extra`` columns."""
+    row = _row(result, **kwargs)  # type: ignore[arg-type]
+    row.update(extra)
+    return row
+
+
 def _row(
-    result: FitResult,
+    result: FitResult | _PendingFit,
     *,
     scope: str,
     lead: Mapping[str, object],
@@ -778,6 +945,8 @@ def _row(
     envs: str = "",
 ) -> dict:
     """One row of fits_data_efficiency.csv."""
+    if isinstance(result, _PendingFit):
+        result = result.get()
     row: dict = {
         "scope": scope,
         **lead,
@@ -872,9 +1041,12 @@ def fit_data_efficiency_table(
     if "suite" not in points:
         points = points.assign(suite=[suite_of(env) for env in points["env"]])
     boot_all = bootstrap_matrix(points, n_boot, seed) if n_boot > 0 else None
-    rows: list[dict] = []
     rules = rules or DegeneracyRules()
     fit_kw = {"n_starts": n_starts, "seed": seed, "rules": rules}
+    # the per-env and averaged fits are solved in one batch at the end; their rows (callables
+    # until then) are made afterwards, in order
+    batch = _FitBatch(**fit_kw)
+    rows: list[dict | Callable[[], dict]] = []
 
     lead_keys = ["agent", "source"] if "source" in points else ["agent"]
     for key, data in points.groupby([*lead_keys, "env", "threshold_idx"], sort=True):
@@ -889,14 +1061,13 @@ def fit_data_efficiency_table(
             "data": data,
         }
         if "per_env" in variants:
-            fit = fit_data_efficiency(
+            fit = batch.fit(
                 data["utd"].to_numpy(float),
                 data["critic_params"].to_numpy(float),
                 data["D"].to_numpy(float),
                 boot,
-                **fit_kw,
             )
-            rows.append(_row(fit, variant="per_env", **meta))
+            rows.append(partial(_row, fit, variant="per_env", **meta))
         if "loglinear" in variants:
             rows.append(_row(_loglinear(data), variant="loglinear", **meta))
 
@@ -926,22 +1097,22 @@ def fit_data_efficiency_table(
             "envs": ",".join(envs),
         }
         if "shared" in variants:
-            fits = (
-                []
+            joint = (
+                None
                 if len(envs) < 2
-                else fit_shared_exponents(
+                else batch.fit_shared(
                     used["utd"].to_numpy(float),
                     used["critic_params"].to_numpy(float),
                     used["D"].to_numpy(float),
                     np.array([envs.index(e) for e in used["env"]]),
                     boot,
-                    **fit_kw,
                 )
             )
             for env in sorted(data["env"].unique()):
                 env_data = data[data["env"] == env]
-                if env in envs and fits:
-                    fit = fits[envs.index(env)]
+                fit: FitResult | _PendingFit
+                if env in envs and joint is not None:
+                    fit = joint.member(envs.index(env))
                 else:
                     why = (
                         f"fewer than {MIN_POINTS_PER_ENV} finite D"
@@ -950,7 +1121,8 @@ def fit_data_efficiency_table(
                     )
                     fit = failed_result(DE_PARAMS, STATUS_FAILED, why, int(counts[env]))
                 rows.append(
-                    _row(
+                    partial(
+                        _row,
                         fit,
                         scope=env,
                         variant="shared",
@@ -976,28 +1148,30 @@ def fit_data_efficiency_table(
             elif len(avg) == 0:
                 fit = failed_result(DE_PARAMS, STATUS_FAILED, "no env reached this threshold")
             else:
-                fit = fit_data_efficiency(
+                fit = batch.fit(
                     avg["utd"].to_numpy(float),
                     avg["critic_params"].to_numpy(float),
                     avg["D"].to_numpy(float),
                     avg_boot,
-                    **fit_kw,
                 )
-            row = _row(
-                fit,
-                scope=suite,
-                variant="averaged",
-                group=suite,
-                threshold=np.nan,
-                data=avg,
-                **{**suite_meta, "envs": ",".join(sorted(medians))},
+            extra = {
+                "task_average": task_average,
+                "norm_medians": format_medians(medians),
+                "n_envs_at_threshold": len(avg_envs),
+            }
+            rows.append(
+                partial(
+                    _row_with,
+                    extra,
+                    fit,
+                    scope=suite,
+                    variant="averaged",
+                    group=suite,
+                    threshold=np.nan,
+                    data=avg,
+                    **{**suite_meta, "envs": ",".join(sorted(medians))},
+                )
             )
-            row.update(
-                task_average=task_average,
-                norm_medians=format_medians(medians),
-                n_envs_at_threshold=len(avg_envs),
-            )
-            rows.append(row)
         elif "averaged" in variants:
             avg, avg_boot = average_over_envs(used, boot, scope=suite)
             if len(envs) < 2:
@@ -1007,25 +1181,33 @@ def fit_data_efficiency_table(
                 why = "no (utd, N) point reached by every env of the suite"
                 fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
             else:
-                fit = fit_data_efficiency(
+                fit = batch.fit(
                     avg["utd"].to_numpy(float),
                     avg["critic_params"].to_numpy(float),
                     avg["D"].to_numpy(float),
                     avg_boot,
-                    **fit_kw,
                 )
-            row = _row(
-                fit,
-                scope=suite,
-                variant="averaged",
-                group=suite,
-                threshold=np.nan,
-                data=avg,
-                **suite_meta,
+            extra = {
+                "task_average": task_average,
+                "norm_medians": "",
+                "n_envs_at_threshold": len(envs),
+            }
+            rows.append(
+                partial(
+                    _row_with,
+                    extra,
+                    fit,
+                    scope=suite,
+                    variant="averaged",
+                    group=suite,
+                    threshold=np.nan,
+                    data=avg,
+                    **suite_meta,
+                )
             )
-            row.update(task_average=task_average, norm_medians="", n_envs_at_threshold=len(envs))
-            rows.append(row)
-    return flag_degenerate(pd.DataFrame(rows), rules)
+    batch.run()
+    table = [row() if callable(row) else row for row in rows]
+    return flag_degenerate(pd.DataFrame(table), rules)
 
 
 def _absent_reason(row: pd.Series, rules: DegeneracyRules) -> str:

@@ -299,6 +299,26 @@ class ScaledProblem(ABC):
         """Number of parameters P."""
         return len(self.names)
 
+    def log_predict_blocks(
+        self, theta: np.ndarray, blocks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`log_predict` for the optimiser's blocks ``blocks`` (their indices); a single
+        problem is the same for every block, a stack (:meth:`stack`) picks each block's data."""
+        return self.log_predict(theta)
+
+    def stack_key(self) -> object:
+        """Problems with equal keys (not None) can be optimised as one :meth:`stack`; None: this
+        problem is optimised alone."""
+        return None
+
+    @classmethod
+    def stack(cls, problems: Sequence[ScaledProblem], n_blocks: Sequence[int]) -> ScaledProblem:
+        """One problem over the blocks of several (``n_blocks[i]`` blocks of ``problems[i]``, in
+        order) whose :meth:`log_predict_blocks` gives each block its own problem's prediction,
+        computed exactly as that problem computes it. Only for problems of equal
+        :meth:`stack_key`."""
+        raise NotImplementedError(f"{cls.__name__} cannot be stacked")
+
 
 @dataclass
 class _StackedOutcome:
@@ -349,9 +369,9 @@ def _levenberg_marquardt(
     eye = np.eye(n_params)
 
     def evaluate(
-        u: np.ndarray, sqrt_w: np.ndarray, mask_w: np.ndarray, target: np.ndarray
+        u: np.ndarray, sqrt_w: np.ndarray, mask_w: np.ndarray, target: np.ndarray, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        log_pred, jac = problem.log_predict(softplus(u))
+        log_pred, jac = problem.log_predict_blocks(softplus(u), rows)
         resid = sqrt_w * np.where(mask_w, log_pred - target, 0.0)
         jac_u = sqrt_w[:, :, None] * jac * sigmoid(u)[:, None, :]
         loss = np.sum(resid * resid, axis=1)
@@ -362,7 +382,7 @@ def _levenberg_marquardt(
         return loss, resid, jac_u
 
     u_out = np.clip(inverse_softplus(np.clip(theta0, 1e-12, UPPER_BOUND)), U_LOWER, u_upper)
-    loss_out, resid, jac_u = evaluate(u_out, sqrt_w_all, mask, target_all)
+    loss_out, resid, jac_u = evaluate(u_out, sqrt_w_all, mask, target_all, np.arange(n_blocks))
     converged = np.zeros(n_blocks, dtype=bool)
     # The working set: the still-active blocks' state, compacted (gathered once per change of
     # the set rather than every iteration); each block's arithmetic is the same as one at a time.
@@ -381,11 +401,11 @@ def _levenberg_marquardt(
         system = hess + damping[:, :, None] * eye
         try:
             step = -np.linalg.solve(system, grad[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            step = -grad / np.maximum(np.diagonal(system, axis1=1, axis2=2), 1e-12)
+        except np.linalg.LinAlgError:  # some block's system is singular: solve block by block
+            step = _blockwise_step(system, grad)
         step = np.where(np.isfinite(step), step, 0.0)
         u_new = np.minimum(np.maximum(u + step, U_LOWER), u_upper)  # np.clip, cheaper
-        loss_new, resid_new, jac_new = evaluate(u_new, sqrt_w, mask_w, target)
+        loss_new, resid_new, jac_new = evaluate(u_new, sqrt_w, mask_w, target, idx)
         better = loss_new <= loss
         gain = np.where(better, loss - loss_new, 0.0)
         if better.all():  # every step kept: take the new arrays whole
@@ -416,6 +436,59 @@ def _levenberg_marquardt(
     out_loss = np.where(np.isfinite(loss_out), loss_out, np.nan)
     out_loss[mask.sum(axis=1) == 0] = np.nan
     return _StackedOutcome(theta, out_loss, converged, "levenberg-marquardt")
+
+
+def _blockwise_step(system: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """The damped Gauss-Newton step of each block, a scaled gradient step where its system is
+    singular (so that one block's singular system leaves the others' steps alone)."""
+    step = np.empty_like(grad)
+    for b in range(system.shape[0]):
+        try:
+            step[b] = -np.linalg.solve(system[b : b + 1], grad[b : b + 1, :, None])[0, :, 0]
+        except np.linalg.LinAlgError:
+            step[b] = -grad[b] / np.maximum(np.diagonal(system[b]), 1e-12)
+    return step
+
+
+def _levenberg_marquardt_many(
+    jobs: Sequence[tuple[ScaledProblem, np.ndarray, np.ndarray, np.ndarray]],
+) -> list[_StackedOutcome]:
+    """:func:`_levenberg_marquardt` of every ``(problem, log_y, mask, theta0)`` job, the jobs
+    whose problems share a :meth:`ScaledProblem.stack_key` (and point count) in one call.
+
+    Each block's arithmetic is that of a call of its own (every operation of the optimiser acts
+    on each block separately), so the outcomes are those of one call per job; the batched calls
+    only pay the per-iteration overhead once for all of them.
+    """
+    out: list[_StackedOutcome | None] = [None] * len(jobs)
+    groups: dict[object, list[int]] = {}
+    for j, (problem, log_y, _, theta0) in enumerate(jobs):
+        key = problem.stack_key()
+        if key is None:
+            groups[("alone", j)] = [j]
+        else:
+            groups.setdefault((key, log_y.shape[1], theta0.shape[1]), []).append(j)
+    for members in groups.values():
+        if len(members) == 1:
+            problem, log_y, mask, theta0 = jobs[members[0]]
+            out[members[0]] = _levenberg_marquardt(problem, log_y, mask, theta0)
+            continue
+        sizes = [jobs[j][3].shape[0] for j in members]
+        problem = type(jobs[members[0]][0]).stack([jobs[j][0] for j in members], sizes)
+        whole = _levenberg_marquardt(
+            problem,
+            np.concatenate([jobs[j][1] for j in members]),
+            np.concatenate([jobs[j][2] for j in members]),
+            np.concatenate([jobs[j][3] for j in members]),
+        )
+        start = 0
+        for j, size in zip(members, sizes, strict=True):
+            part = slice(start, start + size)
+            out[j] = _StackedOutcome(
+                whole.theta[part], whole.loss[part], whole.success[part], whole.message
+            )
+            start += size
+    return out  # type: ignore[return-value]
 
 
 def _lbfgsb_polish(
@@ -565,27 +638,102 @@ def fit_scaled(
     Returns:
         A :class:`FitResult`; never raises for data problems.
     """
-    names = problem.names
-    n_params = problem.n_params
-    y = np.asarray(y, dtype=float)
-    log_y, mask = _scaled_log_targets(problem, y)
-    n = int(mask.sum())
-    if n <= n_params:
-        return failed_result(
-            names, STATUS_FAILED, f"{n} usable points for {n_params} parameters", n
-        )
-    if np.ptp(log_y[mask] + problem.log_y_offset[mask]) < 1e-9:
-        return failed_result(names, STATUS_DEGENERATE, "target is constant", n)
+    return fit_scaled_many(
+        [(problem, y, y_boot)], n_starts=n_starts, seed=seed, maxiter=maxiter, rules=rules
+    )[0]
 
-    rng = np.random.default_rng(seed)
-    theta0 = problem.starts(rng, max(1, n_starts))
-    n_blocks = theta0.shape[0]
-    explored = _levenberg_marquardt(
-        problem,
-        np.repeat(log_y[None, :], n_blocks, axis=0),
-        np.repeat(mask[None, :], n_blocks, axis=0),
-        theta0,
+
+def fit_scaled_many(
+    fits: Sequence[tuple[ScaledProblem, np.ndarray, np.ndarray | None]],
+    *,
+    n_starts: int = 8,
+    seed: int = 0,
+    maxiter: int = 2000,
+    rules: DegeneracyRules | None = None,
+) -> list[FitResult]:
+    """:func:`fit_scaled` of every ``(problem, y, y_boot)``, with the same results.
+
+    The Levenberg-Marquardt runs (starts, bootstrap refits) of problems that can be stacked
+    (:meth:`ScaledProblem.stack_key`, e.g. the data-efficiency law at every threshold of an
+    env) run as one batched optimisation each (:func:`_levenberg_marquardt_many`): the cost of a
+    fit is mostly the optimiser's per-iteration overhead, paid once per batch instead of once
+    per fit. The L-BFGS-B polish runs per fit.
+    """
+    rules = rules or DegeneracyRules()
+    results: list[FitResult | None] = [None] * len(fits)
+    # 1. targets and starts of every fit with enough data
+    todo = []  # (index, problem, log_y, mask, n, theta0)
+    for i, (problem, y, _) in enumerate(fits):
+        names, n_params = problem.names, problem.n_params
+        log_y, mask = _scaled_log_targets(problem, np.asarray(y, dtype=float))
+        n = int(mask.sum())
+        if n <= n_params:
+            why = f"{n} usable points for {n_params} parameters"
+            results[i] = failed_result(names, STATUS_FAILED, why, n)
+        elif np.ptp(log_y[mask] + problem.log_y_offset[mask]) < 1e-9:
+            results[i] = failed_result(names, STATUS_DEGENERATE, "target is constant", n)
+        else:
+            theta0 = problem.starts(np.random.default_rng(seed), max(1, n_starts))
+            todo.append((i, problem, log_y, mask, n, theta0))
+    # 2. all starts, batched
+    explored_all = _levenberg_marquardt_many(
+        [
+            (
+                problem,
+                np.repeat(log_y[None, :], theta0.shape[0], axis=0),
+                np.repeat(mask[None, :], theta0.shape[0], axis=0),
+                theta0,
+            )
+            for _, problem, log_y, mask, _, theta0 in todo
+        ]
     )
+    # 3. per fit: the best start, polished; converged fits wait for their bootstrap
+    finishing = []  # (index, problem, result, theta, y_boot)
+    for (i, problem, log_y, mask, n, _), explored in zip(todo, explored_all, strict=True):
+        outcome = _best_polished(problem, log_y, mask, n, explored, maxiter)
+        if isinstance(outcome, FitResult):
+            results[i] = outcome
+            continue
+        params, loss, theta = outcome
+        result = _checked(problem, params, loss, n, theta)
+        y_boot = fits[i][2]
+        if y_boot is None or result.status != STATUS_OK:
+            results[i] = result
+        else:
+            finishing.append((i, problem, result, theta, y_boot))
+    # 4. all bootstrap refits, batched, then each fit's intervals and checks
+    refits = []  # (index into finishing, problem, log_y, mask, theta0)
+    for k, (_, problem, result, theta, y_boot) in enumerate(finishing):
+        y_boot = np.atleast_2d(np.asarray(y_boot, dtype=float))
+        result.n_boot = y_boot.shape[0]
+        log_y, mask = _scaled_log_targets(problem, y_boot)
+        usable = mask.sum(axis=1) > problem.n_params
+        if result.n_boot and usable.any():
+            theta0 = np.repeat(theta[None, :], int(usable.sum()), axis=0)
+            refits.append((k, (problem, log_y[usable], mask[usable], theta0)))
+    outcomes = dict(
+        zip(
+            [k for k, _ in refits],
+            _levenberg_marquardt_many([job for _, job in refits]),
+            strict=True,
+        )
+    )
+    for k, (i, problem, result, _, _) in enumerate(finishing):
+        results[i] = _with_bootstrap(problem, result, outcomes.get(k), rules)
+    return results  # type: ignore[return-value]
+
+
+def _best_polished(
+    problem: ScaledProblem,
+    log_y: np.ndarray,
+    mask: np.ndarray,
+    n: int,
+    explored: _StackedOutcome,
+    maxiter: int,
+) -> FitResult | tuple[dict[str, float], float, np.ndarray]:
+    """The best explored start polished by L-BFGS-B: ``(params, loss, theta)``, or a failed
+    :class:`FitResult`."""
+    names = problem.names
     losses = np.where(np.isfinite(explored.loss), explored.loss, np.inf)
     if not np.isfinite(losses).any():
         return failed_result(names, STATUS_FAILED, "non-finite loss from every start", n)
@@ -613,19 +761,13 @@ def fit_scaled(
         result = failed_result(names, STATUS_FAILED, f"optimiser did not converge: {message}", n)
         result.params, result.loss = params, loss
         return result
-    return _finish(problem, params, loss, n, theta, y_boot, rules or DegeneracyRules())
+    return params, loss, theta
 
 
-def _finish(
-    problem: ScaledProblem,
-    params: dict[str, float],
-    loss: float,
-    n: int,
-    theta: np.ndarray,
-    y_boot: np.ndarray | None,
-    rules: DegeneracyRules,
+def _checked(
+    problem: ScaledProblem, params: dict[str, float], loss: float, n: int, theta: np.ndarray
 ) -> FitResult:
-    """Absurdity check, bootstrap confidence intervals and their check around a converged fit."""
+    """The result of a converged fit after the absurdity and overflow checks (no CIs yet)."""
     names = problem.names
     reason = _absurd_reason(problem, theta)
     if not reason:
@@ -634,22 +776,22 @@ def _finish(
             reason = f"parameter(s) {', '.join(overflow)} overflow in original units"
     status = STATUS_DEGENERATE if reason else STATUS_OK
     nan = dict.fromkeys(names, np.nan)
-    result = FitResult(params, loss, status, reason, n, dict(nan), dict(nan))
-    if y_boot is None or status != STATUS_OK:
-        return result
-    y_boot = np.atleast_2d(np.asarray(y_boot, dtype=float))
-    result.n_boot = n_boot = y_boot.shape[0]
+    return FitResult(params, loss, status, reason, n, dict(nan), dict(nan))
+
+
+def _with_bootstrap(
+    problem: ScaledProblem,
+    result: FitResult,
+    refit: _StackedOutcome | None,
+    rules: DegeneracyRules,
+) -> FitResult:
+    """Bootstrap confidence intervals of an ``ok`` fit from its refits (None: no usable
+    resample) and their check; ``result.n_boot`` is set."""
+    names = problem.names
+    n_boot = result.n_boot
     if n_boot == 0:
         return result
-    log_y, mask = _scaled_log_targets(problem, y_boot)
-    usable = mask.sum(axis=1) > problem.n_params
-    if usable.any():
-        refit = _levenberg_marquardt(
-            problem,
-            log_y[usable],
-            mask[usable],
-            np.repeat(theta[None, :], int(usable.sum()), axis=0),
-        )
+    if refit is not None:
         with np.errstate(all="ignore"):
             boot_params = problem.unscale(refit.theta)
         good = (

@@ -227,22 +227,25 @@ def test_validation_and_passive_critic_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_short_run_learns(tmp_path: Path) -> None:
-    """cartpole-balance, 25k env steps (about 1-2 min on 2 cores): the final deterministic
-    evaluation is far above what uniform random actions get on the same task."""
+    """cartpole-balance, 12k env steps with a faster target (tau 0.02, as SimbaV2's learning test;
+    config/README.md, "SimbaV2 at laptop scale"): the final deterministic evaluation is far above
+    what uniform random actions get on the same task. Measured at 12k: 726/940 (seeds 0/1),
+    974/927 (seeds 2/3); the 25k-step run with tau 0.005 this replaces cost ~1.9x the CPU."""
     cfg = TrainConfig(
         "cartpole-balance",
         seeds=(0, 1),
         utd=1,
-        steps=25_000,
+        steps=12_000,
         critic_width=32,
         actor_width=32,
         batch_size=64,
         n_quantiles=10,
         lr=1e-3,
         init_temperature=0.1,
-        replay_size=25_000,
+        tau=0.02,
+        replay_size=12_000,
         warmup_steps=1_000,
-        eval_interval=25_000,
+        eval_interval=12_000,
         eval_episodes=3,
         log_interval=1_000,
         checkpoint_every=0,
@@ -250,10 +253,10 @@ def test_short_run_learns(tmp_path: Path) -> None:
     summary = run_training(cfg, tmp_path, progress=False)
     assert summary["seeds"] == {"0": {"status": "ok"}, "1": {"status": "ok"}}
     df = pd.read_parquet(tmp_path / "curves.parquet")
-    final = df[(df.metric == "return") & (df.step == 25_000)].set_index("seed")["value"]
+    final = df[(df.metric == "return") & (df.step == 12_000)].set_index("seed")["value"]
     random_return = baselines.random_return("cartpole-balance", [0, 1, 2, 3], 1_000)
     assert 250 < random_return < 600  # the random baseline of this task (~400)
-    # learnt returns still swing by +-200 between evaluations 5k steps apart at this length
-    # (one run: 766, 588, 678 at 15k, 20k, 25k), so the bar is well above random, not a level
+    # learnt returns still swing by +-200 between evaluations at this length, so the bar is well
+    # above random, not a level
     assert final.mean() > random_return + 200, (final.to_dict(), random_return)
     assert (final > random_return + 150).all(), (final.to_dict(), random_return)

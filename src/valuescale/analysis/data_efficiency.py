@@ -1081,6 +1081,29 @@ def fit_data_efficiency_table(
                 top_ok[env_points.index.to_numpy()] = _reaches_top(env_points)
             normalisers[tuple(key)] = (env_medians(suite_points), top_ok)
 
+    def averaged_row(avg, avg_boot, why: str, extra: dict, suite: str, meta: dict):
+        """The task-averaged fit's row of one suite and threshold (failed with ``why`` if set)."""
+        if why:
+            fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
+        else:
+            fit = batch.fit(
+                avg["utd"].to_numpy(float),
+                avg["critic_params"].to_numpy(float),
+                avg["D"].to_numpy(float),
+                avg_boot,
+            )
+        return partial(
+            _row_with,
+            extra,
+            fit,
+            scope=suite,
+            variant="averaged",
+            group=suite,
+            threshold=np.nan,
+            data=avg,
+            **meta,
+        )
+
     for key, data in points.groupby([*lead_keys, "suite", "threshold_idx"], sort=True):
         *lead_values, suite, t_idx = key
         if data["env"].nunique() < 2:
@@ -1142,69 +1165,31 @@ def fit_data_efficiency_table(
             avg_envs = sorted(
                 avg_rows.loc[np.isfinite(avg_rows["D"].astype(float)), "env"].unique()
             )
+            why = ""
             if len(medians) < 2:
                 why = "fewer than 2 envs reach their top threshold"
-                fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
             elif len(avg) == 0:
-                fit = failed_result(DE_PARAMS, STATUS_FAILED, "no env reached this threshold")
-            else:
-                fit = batch.fit(
-                    avg["utd"].to_numpy(float),
-                    avg["critic_params"].to_numpy(float),
-                    avg["D"].to_numpy(float),
-                    avg_boot,
-                )
+                why = "no env reached this threshold"
             extra = {
                 "task_average": task_average,
                 "norm_medians": format_medians(medians),
                 "n_envs_at_threshold": len(avg_envs),
             }
-            rows.append(
-                partial(
-                    _row_with,
-                    extra,
-                    fit,
-                    scope=suite,
-                    variant="averaged",
-                    group=suite,
-                    threshold=np.nan,
-                    data=avg,
-                    **{**suite_meta, "envs": ",".join(sorted(medians))},
-                )
-            )
+            meta = {**suite_meta, "envs": ",".join(sorted(medians))}
+            rows.append(averaged_row(avg, avg_boot, why, extra, suite, meta))
         elif "averaged" in variants:
             avg, avg_boot = average_over_envs(used, boot, scope=suite)
+            why = ""
             if len(envs) < 2:
                 why = f"fewer than 2 envs with {MIN_POINTS_PER_ENV} finite D"
-                fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
             elif len(avg) == 0:
                 why = "no (utd, N) point reached by every env of the suite"
-                fit = failed_result(DE_PARAMS, STATUS_FAILED, why)
-            else:
-                fit = batch.fit(
-                    avg["utd"].to_numpy(float),
-                    avg["critic_params"].to_numpy(float),
-                    avg["D"].to_numpy(float),
-                    avg_boot,
-                )
             extra = {
                 "task_average": task_average,
                 "norm_medians": "",
                 "n_envs_at_threshold": len(envs),
             }
-            rows.append(
-                partial(
-                    _row_with,
-                    extra,
-                    fit,
-                    scope=suite,
-                    variant="averaged",
-                    group=suite,
-                    threshold=np.nan,
-                    data=avg,
-                    **suite_meta,
-                )
-            )
+            rows.append(averaged_row(avg, avg_boot, why, extra, suite, suite_meta))
     batch.run()
     table = [row() if callable(row) else row for row in rows]
     return flag_degenerate(pd.DataFrame(table), rules)

@@ -547,37 +547,42 @@ def _gradient_small(
     return bool(np.all(np.isfinite(grad)) and np.max(np.abs(grad)) < 1e-6)
 
 
+def _absurd_flags(
+    problem: ScaledProblem, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The absurdity rules on rows ``theta`` ``[S, P]`` (rescaled units): ``[S]`` non-finite
+    rows, and ``[S, P]`` parameters above ``ABSURD_HIGH``, exponents below
+    ``ABSURD_EXPONENT_LOW``, other non-floor parameters below ``LOWER_BOUND_TOL``."""
+    nonfinite = ~np.all(np.isfinite(theta), axis=1)
+    high = theta > ABSURD_HIGH
+    is_exponent = np.isin(np.arange(problem.n_params), list(problem.exponents))
+    skip = set(problem.exponents) | set(problem.floor_params)
+    is_bounded = np.isin(np.arange(problem.n_params), list(skip), invert=True)
+    low = is_exponent & (theta < ABSURD_EXPONENT_LOW)
+    at_bound = is_bounded & (theta < LOWER_BOUND_TOL)
+    return nonfinite, high, low, at_bound
+
+
 def _absurd_reason(problem: ScaledProblem, theta: np.ndarray) -> str:
     """Why ``theta`` (one vector, rescaled units) is absurd, or ``""``."""
-    if not np.all(np.isfinite(theta)):
+    nonfinite, high, low, at_bound = (f[0] for f in _absurd_flags(problem, theta[None, :]))
+    if nonfinite:
         return "non-finite parameters"
-    high = [problem.names[i] for i in range(problem.n_params) if theta[i] > ABSURD_HIGH]
-    if high:
-        return f"parameter(s) {', '.join(high)} at absurd values (diverged)"
-    low = [problem.names[i] for i in problem.exponents if theta[i] < ABSURD_EXPONENT_LOW]
-    if low:
-        return f"exponent(s) {', '.join(low)} collapsed to ~0 (term not identified)"
-    skip = set(problem.exponents) | set(problem.floor_params)
-    at_bound = [
-        problem.names[i]
-        for i in range(problem.n_params)
-        if i not in skip and theta[i] < LOWER_BOUND_TOL
-    ]
-    if at_bound:
-        return f"parameter(s) {', '.join(at_bound)} at the lower bound (term vanishes)"
+    messages = (
+        (high, "parameter(s) {} at absurd values (diverged)"),
+        (low, "exponent(s) {} collapsed to ~0 (term not identified)"),
+        (at_bound, "parameter(s) {} at the lower bound (term vanishes)"),
+    )
+    for flags, message in messages:
+        if flags.any():
+            return message.format(", ".join(np.asarray(problem.names)[flags]))
     return ""
 
 
 def _sane_rows(problem: ScaledProblem, theta: np.ndarray) -> np.ndarray:
     """``[S]`` bool: the rows of ``theta`` ``[S, P]`` for which :func:`_absurd_reason` is ``""``."""
-    ok = np.all(np.isfinite(theta), axis=1) & ~np.any(theta > ABSURD_HIGH, axis=1)
-    if problem.exponents:
-        ok &= ~np.any(theta[:, list(problem.exponents)] < ABSURD_EXPONENT_LOW, axis=1)
-    skip = set(problem.exponents) | set(problem.floor_params)
-    bounded = [i for i in range(problem.n_params) if i not in skip]
-    if bounded:
-        ok &= ~np.any(theta[:, bounded] < LOWER_BOUND_TOL, axis=1)
-    return ok
+    nonfinite, high, low, at_bound = _absurd_flags(problem, theta)
+    return ~nonfinite & ~(high | low | at_bound).any(axis=1)
 
 
 def _ci_reason(

@@ -251,28 +251,31 @@ class DataEfficiencyProblem(ScaledProblem):
 
 
 class _StackedDataEfficiency(DataEfficiencyProblem):
-    """Several one-group :class:`DataEfficiencyProblem` s with the same number of points as one
-    problem for the batched optimiser: block ``k`` is evaluated with the inputs of the problem
-    it came from (:meth:`ScaledProblem.stack`)."""
+    """Several :class:`DataEfficiencyProblem` s with the same groups of points (their
+    :meth:`stack_key`) as one problem for the batched optimiser: block ``k`` is evaluated with the
+    inputs of the problem it came from (:meth:`ScaledProblem.stack`)."""
 
     def __init__(self, problems: Sequence[DataEfficiencyProblem], n_blocks: Sequence[int]) -> None:
-        first = problems[0]
+        first = problems[0]  # names and columns: equal for equal stack keys
         self.group, self.n_groups = first.group, first.n_groups
-        self.names, self.exponents, self.floor_params = first.names, (0, 1), first.floor_params
+        self.names, self.exponents, self.floor_params = (
+            first.names,
+            first.exponents,
+            first.floor_params,
+        )
         self._rows, self._col_dmin = first._rows, first._col_dmin
         self._col_a, self._col_b = first._col_a, first._col_b
-        self.block_log_utd = np.concatenate(
-            [
-                np.repeat(p.log_utd[None, :], k, axis=0)
-                for p, k in zip(problems, n_blocks, strict=True)
-            ]
-        )
-        self.block_log_params = np.concatenate(
-            [
-                np.repeat(p.log_params[None, :], k, axis=0)
-                for p, k in zip(problems, n_blocks, strict=True)
-            ]
-        )
+
+        def per_block(name: str) -> np.ndarray:
+            return np.concatenate(
+                [
+                    np.repeat(getattr(p, name)[None, :], k, axis=0)
+                    for p, k in zip(problems, n_blocks, strict=True)
+                ]
+            )
+
+        self.block_log_utd = per_block("log_utd")
+        self.block_log_params = per_block("log_params")
 
     def log_predict_blocks(
         self, theta: np.ndarray, blocks: np.ndarray

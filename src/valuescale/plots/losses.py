@@ -283,7 +283,7 @@ def fig_passive_critic(tables: Inputs, settings: Mapping[str, object]) -> Figure
         right.set_xlabel("passive critic width")
         left.set_ylabel("passive critic\nvalidation TD loss")
     scale.colorbar(fig, axes, location="bottom", shrink=0.5, aspect=45, pad=0.01)
-    agents = sorted({str(agent) for agent, _, _ in (key for key, _ in groups)})
+    agents = sorted({str(key[0]) for key, _ in groups})
     averages = []
     for agent in agents:
         average = [

@@ -45,14 +45,27 @@ PUBLISHED_H1 = {
 }
 
 
-def _critic_size(d_in: int, width: int, depth: int, heads: int, n_atoms: int = 101) -> int:
-    """Critic parameters counted from the real parameter tree (shapes only: no allocation)."""
+def _critic_shapes(d_in: int, width: int, depth: int, heads: int, n_atoms: int = 101):
+    """The real critic parameter tree's shapes (no allocation)."""
     module = CategoricalCritic(width, depth, n_atoms)
     obs_dim = d_in - 1  # any split of d_in into obs + act gives the same count
-    shapes = jax.eval_shape(
+    return jax.eval_shape(
         lambda k: init_critic(module, k, obs_dim, 1, heads), jax.random.PRNGKey(0)
     )
-    return param_count(shapes)
+
+
+def _critic_size(d_in: int, width: int, depth: int, heads: int, n_atoms: int = 101) -> int:
+    """Critic parameters counted from the real parameter tree."""
+    return param_count(_critic_shapes(d_in, width, depth, heads, n_atoms))
+
+
+def _kernel_weights(shapes) -> int:
+    """Weights of the ``hyper_kernel`` leaves of a parameter tree (of shapes)."""
+    return sum(
+        math.prod(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        if path[-1].key == "hyper_kernel"
+    )
 
 
 @pytest.mark.parametrize("width", sorted(PUBLISHED_H1))
@@ -78,18 +91,6 @@ def test_critic_param_count_matches_the_closed_form(d_in, width, depth, heads, n
         assert counted == 4_559_973  # DMC humanoid, one head (method.md)
 
 
-def _kernel_weights(d_in: int, width: int, depth: int, heads: int, n_atoms: int) -> int:
-    module = CategoricalCritic(width, depth, n_atoms)
-    shapes = jax.eval_shape(
-        lambda k: init_critic(module, k, d_in - 1, 1, heads), jax.random.PRNGKey(0)
-    )
-    return sum(
-        math.prod(leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
-        if path[-1].key == "hyper_kernel"
-    )
-
-
 @pytest.mark.parametrize(
     ("d_in", "width", "depth", "heads", "n_atoms"), [(70, 128, 2, 2, 101), (12, 48, 1, 1, 51)]
 )
@@ -98,7 +99,7 @@ def test_update_flops_count_every_kernel_weight_once_per_pass(d_in, width, depth
     from valuescale.flops import simbav2_actor_macs, simbav2_critic_macs, update_flops
 
     macs = simbav2_critic_macs(d_in, width, depth, n_atoms, heads)
-    assert macs == _kernel_weights(d_in, width, depth, heads, n_atoms)
+    assert macs == _kernel_weights(_critic_shapes(d_in, width, depth, heads, n_atoms))
     if width == 128:  # method.md: 601,290 parameters at W 128 without the scalers (biases kept)
         assert macs + heads * n_atoms == 601_290
     obs_dim, act_dim = d_in - 5, 5
@@ -106,12 +107,7 @@ def test_update_flops_count_every_kernel_weight_once_per_pass(d_in, width, depth
     shapes = jax.eval_shape(
         lambda k: actor.init(k, jnp.zeros((1, obs_dim)))["params"], jax.random.PRNGKey(0)
     )
-    kernels = [
-        leaf
-        for p, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
-        if p[-1].key == "hyper_kernel"
-    ]
-    assert simbav2_actor_macs(obs_dim, act_dim, 32, 1) == sum(math.prod(k.shape) for k in kernels)
+    assert simbav2_actor_macs(obs_dim, act_dim, 32, 1) == _kernel_weights(shapes)
     cfg = SimbaV2Config(
         critic_width=width,
         critic_depth=depth,

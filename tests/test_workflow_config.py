@@ -333,7 +333,8 @@ def test_runtime_estimate_follows_each_agents_updates_and_flops():
     obs_act = study.NOMINAL_OBS_ACT
 
     def minutes(agent, first=0, last=0):
-        job = study.TrainJob("cheetah-run", agent, "2", 512, 256, "3e-4", first, last)
+        # the path forms, as Snakemake's wildcards give them
+        job = study.TrainJob("cheetah-run", agent, "2", "512", "256", "3e-4", str(first), str(last))
         return study.train_runtime_minutes(cfg, job)
 
     # config/config.yaml's actor_width 64 applies to both agents, its n_quantiles 10 to BRO

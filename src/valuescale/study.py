@@ -211,17 +211,19 @@ def train_runtime_minutes(cfg: dict, job: TrainJob) -> int:
     ``runtime_base_min + ceil(runtime_safety * updates * FLOPs per update / (runtime_gflops * 1e9)
     / 60)``, with the planned gradient updates of all the job's seeds (the agent's step
     conventions, ``valuescale.config.gradient_steps``) and the agent's analytic FLOPs of one update
-    (``valuescale.flops.update_flops``, at :data:`NOMINAL_OBS_ACT`)."""
+    (``valuescale.flops.update_flops``, at :data:`NOMINAL_OBS_ACT`). The job's fields may be
+    their path forms (Snakemake's wildcards: strings)."""
     from valuescale.config import gradient_steps
 
     res = cfg["resources"]["train"]
     settings = train_settings(cfg, job.env)
     frozen = tuple(sorted((k, v) for k, v in settings.items() if not isinstance(v, list | dict)))
-    flops, action_repeat = _update_cost(job.agent, job.env, job.width, job.batch_size, frozen)
+    width, batch_size = int(job.width), int(job.batch_size)
+    flops, action_repeat = _update_cost(job.agent, job.env, width, batch_size, frozen)
     updates = gradient_steps(
         settings["steps"] - settings["warmup_steps"], float(job.utd), action_repeat
     )
-    total = flops * updates * (job.last - job.first + 1)
+    total = flops * updates * (int(job.last) - int(job.first) + 1)
     minutes = res["runtime_safety"] * total / (res["runtime_gflops"] * 1e9) / 60.0
     return int(res["runtime_base_min"] + math.ceil(minutes))
 
@@ -238,7 +240,7 @@ def _update_cost(
     cls = config_class(agent)
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in settings if k in names and v is not None}
-    agent_cfg = cls(**{**given, "critic_width": int(width), "batch_size": int(batch_size)})
+    agent_cfg = cls(**{**given, "critic_width": width, "batch_size": batch_size})
     if hasattr(agent_cfg, "for_env"):  # SimbaV2: critic heads by env
         agent_cfg = agent_cfg.for_env(env)
     flops = update_flops(*NOMINAL_OBS_ACT, agent_cfg)

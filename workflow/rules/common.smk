@@ -374,12 +374,6 @@ def get_train_mem_mb(wildcards):
 def get_train_runtime(wildcards):
     """Minutes: base + safety * the job's updates * the agent's FLOPs per update / GFLOP/s."""
     job = study.TrainJob(*(getattr(wildcards, k) for k in study.TrainJob._fields))
-    job = job._replace(
-        width=int(job.width),
-        batch_size=int(job.batch_size),
-        first=int(job.first),
-        last=int(job.last),
-    )
     return study.train_runtime_minutes(config, job)
 
 

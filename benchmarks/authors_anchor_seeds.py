@@ -30,7 +30,9 @@ ANCHOR = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "auth
 def load_anchor(path: Path = ANCHOR) -> types.ModuleType:
     """Import the anchor script as a module (it is not a package)."""
     if not path.is_file():
-        raise SystemExit(f"speed anchor not found: {path} (expected beside the project in ../shared)")
+        raise SystemExit(
+            f"speed anchor not found: {path} (expected beside the project in ../shared)"
+        )
     spec = importlib.util.spec_from_file_location("authors_bro_bench", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
